@@ -1,0 +1,213 @@
+"""Template-generated questions and answers about a synthetic scene, with answers checked against its geometry.
+
+Each asker below turns (scene, rng) into a `Fact`: the templates that can ask it, their slots, the answer and tags, or
+None when the question cannot be asked unambiguously of this scene. Closed-set answers (Yes/No, True/False) are drawn by
+a fair coin *before* the question is chosen, so both answers are equally likely whatever the scene.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from cobra_app.demo.scenes import COLOURS, PAIR_WEIGHTS, PAIRS, RELATIONS, SHAPES, Scene, relation_holds, sample_scene
+
+CLOSED_SETS: tuple[tuple[str, str], ...] = (("Yes", "No"), ("True", "False"))
+NUMBERS = ("zero", "one", "two", "three", "four")
+RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+POPE_SPLITS = ("random", "popular", "adversarial")
+POPULAR_TOP_K = 3  # "popular" negatives are drawn from the K most frequent (shape, colour) pairs absent from the scene
+TRUE_FALSE_PROMPT = ('Based on the image, is this statement "True" or "False"? {statement}\n'
+                     'Respond with "True" or "False" directly.')
+
+
+@dataclass(frozen=True)
+class QA:
+    """One user question and the exact reply the model should give."""
+
+    question: str
+    answer: str
+    kind: str  # one of QA_KINDS
+    tags: tuple[str, ...] = ()  # sub-type: count target, POPE split, spatial format and relation
+
+    @property
+    def choices(self) -> tuple[str, str] | None:
+        """The closed set (positive, negative) the answer belongs to, or None for an open answer."""
+        return next((pair for pair in CLOSED_SETS if self.answer in pair), None)
+
+
+@dataclass(frozen=True)
+class Fact:
+    """What an asker found askable: question templates, the values of their slots, the answer and its tags."""
+
+    templates: tuple[str, ...]
+    slots: dict[str, str]
+    answer: str
+    tags: tuple[str, ...] = ()
+
+
+def _a(noun_phrase: str) -> str:
+    return f"{'an' if noun_phrase[0] in 'aeiou' else 'a'} {noun_phrase}"
+
+
+def _plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+T = TypeVar("T")
+
+
+def _choice(rng: np.random.Generator, items: Sequence[T]) -> T:
+    return items[rng.integers(len(items))]
+
+
+def _yes(rng: np.random.Generator) -> bool:
+    return bool(rng.random() < 0.5)
+
+
+def ask_describe(scene: Scene, rng: np.random.Generator) -> Fact:
+    """Every object, left to right."""
+    names = [_a(o.name) for o in scene.left_to_right()]
+    listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    verb, noun = ("is", "object") if len(names) == 1 else ("are", "objects")
+    answer = f"There {verb} {NUMBERS[len(names)]} {noun}: {listing}."
+    templates = ("Describe the image.", "What is in the image?", "What do you see?", "Describe this picture.",
+                 "List the objects in the image.")
+    return Fact(templates, {}, answer)
+
+
+def ask_count(scene: Scene, rng: np.random.Generator) -> Fact:
+    """All objects, objects of one colour, or objects of one shape (zero allowed for the last two)."""
+    target = _choice(rng, ("all", "colour", "shape"))
+    if target == "all":
+        templates = ("How many objects are there?", "How many objects are in the image?",
+                     "How many shapes can you see?", "Count the objects.")
+        return Fact(templates, {}, NUMBERS[len(scene.objects)].capitalize() + ".", (target,))
+    present = [getattr(o, target) for o in scene.objects]
+    value = _choice(rng, present if _yes(rng) else list({"colour": COLOURS, "shape": SHAPES}[target]))
+    templates = {"colour": ("How many {value} objects are there?", "How many {value} shapes are in the image?"),
+                 "shape": ("How many {value} are there?", "How many {value} are in the image?")}[target]
+    slot = value if target == "colour" else _plural(value)
+    return Fact(templates, {"value": slot}, NUMBERS[present.count(value)].capitalize() + ".", (target,))
+
+
+def ask_colour(scene: Scene, rng: np.random.Generator) -> Fact | None:
+    """The colour of an object whose shape is unique in the scene."""
+    shapes = [o.shape for o in scene.objects]
+    candidates = [o for o in scene.objects if shapes.count(o.shape) == 1]
+    if not candidates:
+        return None
+    o = _choice(rng, candidates)
+    templates = ("What colour is the {shape}?", "What is the colour of the {shape}?", "Which colour is the {shape}?")
+    return Fact(templates, {"shape": o.shape}, o.colour.capitalize() + ".")
+
+
+def ask_shape(scene: Scene, rng: np.random.Generator) -> Fact | None:
+    """The shape of an object whose colour is unique in the scene."""
+    colours = [o.colour for o in scene.objects]
+    candidates = [o for o in scene.objects if colours.count(o.colour) == 1]
+    if not candidates:
+        return None
+    o = _choice(rng, candidates)
+    templates = ("What shape is the {colour} object?", "What is the shape of the {colour} object?",
+                 "Which shape is {colour}?")
+    return Fact(templates, {"colour": o.colour}, _a(o.shape).capitalize() + ".")
+
+
+def _absent_pairs(scene: Scene, split: str) -> list[tuple[str, str]]:
+    """Negative (shape, colour) pairs for a POPE split."""
+    present = {(o.shape, o.colour) for o in scene.objects}
+    absent = [pair for pair in PAIRS if pair not in present]
+    if split == "popular":
+        return sorted(absent, key=lambda pair: -PAIR_WEIGHTS[pair])[:POPULAR_TOP_K]
+    if split == "adversarial":  # a present shape in another colour, or a present colour on another shape
+        return [(s, c) for s, c in absent if any(s == o.shape or c == o.colour for o in scene.objects)]
+    return absent
+
+
+def ask_exist(scene: Scene, rng: np.random.Generator) -> Fact:
+    """POPE-style existence: a present object, or an absent one sampled by the random/popular/adversarial split."""
+    split = _choice(rng, POPE_SPLITS)
+    yes = _yes(rng)
+    shape, colour = _choice(rng, [(o.shape, o.colour) for o in scene.objects] if yes else _absent_pairs(scene, split))
+    templates = ("Is there {obj} in the image?", "Is there {obj}?", "Do you see {obj}?",
+                 "Does the image contain {obj}?")
+    return Fact(templates, {"obj": _a(f"{colour} {shape}")}, "Yes" if yes else "No", (split,))
+
+
+def ask_spatial(scene: Scene, rng: np.random.Generator) -> Fact | None:
+    """VSR-style relation between two objects, as a Yes/No question or a True/False statement."""
+    candidates = [(a, b, rel, holds) for a in scene.objects for b in scene.objects if a is not b
+                  for rel in RELATIONS if (holds := relation_holds(a, b, rel)) is not None]
+    if not candidates:
+        return None
+    yes = _yes(rng)
+    a, b, rel, _ = _choice(rng, [c for c in candidates if c[3] == yes])  # each pair/axis gives one True, one False
+    slots = {"a": a.name, "rel": RELATION_PHRASES[rel], "b": b.name}
+    if _yes(rng):
+        templates = ("Is the {a} {rel} the {b}?", "Is the {a} located {rel} the {b}?")
+        return Fact(templates, slots, "Yes" if yes else "No", ("yes-no", rel))
+    templates = (TRUE_FALSE_PROMPT.format(statement="The {a} is {rel} the {b}."),)
+    return Fact(templates, slots, "True" if yes else "False", ("true-false", rel))
+
+
+ASKERS: dict[str, Callable[[Scene, np.random.Generator], Fact | None]] = {
+    "describe": ask_describe, "count": ask_count, "colour": ask_colour, "shape": ask_shape, "exist": ask_exist,
+    "spatial": ask_spatial,
+}
+QA_KINDS: tuple[str, ...] = tuple(ASKERS)
+# short follow-ups, used in conversations right after a question of the same kind (same slots as the asker's templates)
+FOLLOW_UPS: dict[str, tuple[str, ...]] = {
+    "colour": ("And the {shape}?", "What about the {shape}?"),
+    "shape": ("And the {colour} one?", "What about the {colour} one?"),
+    "exist": ("And {obj}?", "What about {obj}?"),
+}
+KIND_WEIGHTS: dict[str, float] = {"describe": 1, "count": 2, "colour": 2, "shape": 2, "exist": 3, "spatial": 3}
+FOLLOW_UP_PROB = 0.5
+MAX_TURNS = 4
+TRAIN_STREAM, EVAL_STREAM = 0, 1  # seed-sequence keys: the same integer seed never yields the same scenes in both
+
+
+def ask(kind: str, scene: Scene, rng: np.random.Generator, follow_up: bool = False) -> QA | None:
+    """One question of `kind` about `scene` (phrased as a short follow-up if asked), or None if it cannot be asked."""
+    fact = ASKERS[kind](scene, rng)
+    if fact is None:
+        return None
+    template = _choice(rng, FOLLOW_UPS[kind] if follow_up else fact.templates)
+    return QA(template.format(**fact.slots), fact.answer, kind, fact.tags)
+
+
+def sample_conversation(scene: Scene, rng: np.random.Generator, n_turns: int) -> list[QA]:
+    """Up to `n_turns` distinct questions of mixed kinds (fewer only if the scene runs out of askable ones)."""
+    kinds, weights = list(KIND_WEIGHTS), np.array(list(KIND_WEIGHTS.values()))
+    turns: list[QA] = []
+    for _ in range(20 * n_turns):
+        if len(turns) == n_turns:
+            break
+        kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
+        follow_up = bool(turns) and turns[-1].kind == kind and kind in FOLLOW_UPS and rng.random() < FOLLOW_UP_PROB
+        qa = ask(kind, scene, rng, follow_up)
+        if qa is not None and all(qa.question != t.question for t in turns):
+            turns.append(qa)
+    return turns
+
+
+def make_eval_set(seed: int, n: int, kinds: Sequence[str] = QA_KINDS) -> list[tuple[Scene, QA]]:
+    """`n` single-turn items, cycling through `kinds`, each on its own scene (redrawn until the kind can be asked)."""
+    rng = np.random.default_rng([seed, EVAL_STREAM])
+    items: list[tuple[Scene, QA]] = []
+    while len(items) < n:
+        scene = sample_scene(rng)
+        qa = ask(kinds[len(items) % len(kinds)], scene, rng)
+        if qa is not None:
+            items.append((scene, qa))
+    return items
+
+
+def iter_training_examples(seed: int) -> Iterator[tuple[Scene, list[QA]]]:
+    """Endless stream of (scene, conversation of 1-4 turns)."""
+    rng = np.random.default_rng([seed, TRAIN_STREAM])
+    while True:
+        scene = sample_scene(rng)
+        yield scene, sample_conversation(scene, rng, int(rng.integers(1, MAX_TURNS + 1)))

@@ -1,0 +1,74 @@
+"""A small GPT-NeoX-style byte-level BPE tokenizer for the demo Cobra, trained on the demo's own templates.
+
+It keeps the release's conventions: `<|endoftext|>` is id 0 (eos, and also bos/unk/pad, no BOS is ever added),
+`<|padding|>` is id 1, and the Zephyr markers `<|user|>` / `<|assistant|>` are ordinary text. Training is deterministic:
+the corpus is a fixed-seed stream of conversations split into the exact per-turn strings the prompt builder produces.
+"""
+
+import itertools
+from collections.abc import Iterator
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from cobra_app.demo.conversations import CLOSED_SETS, iter_training_examples
+
+EOS, PAD = "<|endoftext|>", "<|padding|>"
+CORPUS_SEED = 0
+CORPUS_CONVERSATIONS = 4000
+# generic English, so that users' free text does not fall apart into single bytes
+ENGLISH = """\
+Hello! Hi there. Thank you, thanks a lot. Please tell me what you can see in this picture, and explain why.
+Can you help me with a question about the photo? I would like to know more about the shapes and their colors.
+What is the biggest thing here? Where is it? Which one is smaller, the first or the second? Is it on the top or
+at the bottom, in the middle, near the center, next to, behind, in front of, between, inside, outside, around?
+Sorry, I do not understand. Could you say that again? Let me think. Yes, that is right. No, that is wrong.
+Maybe, I am not sure. The answer is simple: it depends on what we mean. This is a small model that was trained on
+a synthetic world of simple pictures, so it only knows about a few things, but it tries to answer every question.
+Good morning, good evening, good night. How are you today? I am fine, and you? What time is it? Who are you?
+Write a short story about a cat and a dog that live in a house with a garden, a tree, a car and a big window.
+People often ask about the weather, the water, the sky, the sun, the moon, the sea, food, music, books and work.
+one two three four five six seven eight nine ten first second third last many more most some any all none every
+black white gray grey brown pink color colour shape size large big small tiny left right up down top bottom
+I you he she it we they me him her us them my your his its our their this that these those here there
+be is am are was were been being have has had do does did will would shall should can could may might must
+about after again against because before below between both during each few from further into just only other over
+own same so than too under until very while with without again also always never often sometimes usually already
+Computers, phones and cameras take pictures; a vision language model reads the image and writes an answer in words.
+Describe, explain, compare, count, find, show, give, make, look, see, know, think, want, need, like, love, feel.
+Could you please describe the photograph, the scene, the objects and the background in more detail for me?
+Important information, different examples, interesting problems, beautiful places, possible reasons, simple rules.
+Everyone knows something; nobody knows everything. Where were you yesterday? Tomorrow will be another day.
+The quick brown fox jumps over the lazy dog. She sells sea shells by the sea shore. Numbers: 0 1 2 3 4 5 6 7 8 9 10.
+"""
+
+
+def corpus() -> Iterator[str]:
+    """The training text: per-turn Zephyr strings (special tokens split off) of a fixed conversation stream."""
+    examples = itertools.islice(iter_training_examples(CORPUS_SEED), CORPUS_CONVERSATIONS)
+    for _, conversation in examples:
+        for i, qa in enumerate(conversation):
+            yield ("" if i == 0 else "\n") + f"<|user|>\n{qa.question}"
+            yield "\n<|assistant|>\n"
+            yield qa.answer
+    yield from ENGLISH.splitlines()
+
+
+def build_demo_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """Train the demo tokenizer; every closed-set answer word ("Yes", "No", "True", "False") is a single token.
+
+    `vocab_size` is an upper bound: the corpus runs out of merges at 1025 tokens, so 1024 (the default) is exact.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=True)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    split = [word for pair in CLOSED_SETS for word in pair if len(tokenizer.encode(word).ids) != 1]
+    if split:
+        raise ValueError(f"closed-set answers {split} are not single tokens at vocab_size={vocab_size}")
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
+                                   pad_token=EOS)

@@ -1,0 +1,125 @@
+"""Cobra: vision tower -> projector -> Mamba LM, with image patches placed before all text tokens.
+
+Shapes: B batch, P image patches (729 for cobra+3b), V vision dim (2176), d = d_model (2560), L text tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from cobra_app.model.mamba import MambaConfig, MambaLM, MambaState
+from cobra_app.model.projector import build_projector
+from cobra_app.model.vision import VisionBackboneConfig, build_vision_backbone
+
+CONFIG_FORMAT = "cobra-chat-model/1"
+
+
+@dataclass
+class CobraConfig:
+    """Everything needed to build a Cobra model (the release's `config.json` fields plus explicit part configs)."""
+
+    model_id: str
+    arch_specifier: str  # projector, e.g. "no-align+fused-gelu-mlp"
+    vision: VisionBackboneConfig
+    llm: MambaConfig
+    llm_backbone_id: str = "mamba-2.8b-zephyr"
+    llm_max_length: int = 2048
+    prompt_format: str = "zephyr"  # prompt builder registry id
+
+    @property
+    def vision_backbone_id(self) -> str:
+        return self.vision.backbone_id
+
+    @property
+    def image_resize_strategy(self) -> str:
+        return self.vision.image_resize_strategy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": CONFIG_FORMAT,
+            "model_id": self.model_id,
+            "arch_specifier": self.arch_specifier,
+            "vision": self.vision.to_dict(),
+            "llm": self.llm.to_dict(),
+            "llm_backbone_id": self.llm_backbone_id,
+            "llm_max_length": self.llm_max_length,
+            "prompt_format": self.prompt_format,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CobraConfig":
+        if d.get("format") != CONFIG_FORMAT:
+            raise ValueError(f"not a Cobra Chat model config (format {d.get('format')!r}, expected {CONFIG_FORMAT!r})")
+        fields = {k: v for k, v in d.items() if k not in ("format", "vision", "llm")}
+        return cls(vision=VisionBackboneConfig.from_dict(d["vision"]), llm=MambaConfig(**d["llm"]), **fields)
+
+    def with_resize_strategy(self, strategy: str) -> "CobraConfig":
+        return dataclasses.replace(self, vision=dataclasses.replace(self.vision, image_resize_strategy=strategy))
+
+
+class CobraVLM(nn.Module):
+    """The Cobra vision-language model. Attribute names give the release's state-dict prefixes:
+    `vision_backbone.*`, `projector.projector.*` and `llm.backbone.*` / `llm.lm_head.*`."""
+
+    def __init__(self, config: CobraConfig, pretrained_vision: bool = False, device=None):
+        super().__init__()
+        self.config = config
+        self.vision_backbone = build_vision_backbone(config.vision, pretrained=pretrained_vision)
+        self.projector = build_projector(config.arch_specifier, config.vision.embed_dim, config.llm.d_model)
+        self.llm = MambaLM(config.llm, device=device)
+        if device is not None:
+            self.vision_backbone.to(device)
+            self.projector.to(device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.device
+
+    @property
+    def image_transform(self):
+        """PIL image -> pixel_values dict (one [3, S, S] tensor per vision branch)."""
+        return self.vision_backbone.image_transform
+
+    def cast(self, dtype: torch.dtype) -> "CobraVLM":
+        """Run vision, projector and the LM's large matrices in `dtype` (LM norms, scan parameters stay fp32)."""
+        self.vision_backbone.to(dtype)
+        self.projector.to(dtype)
+        self.llm.cast(dtype)
+        return self
+
+    def encode_images(self, pixel_values: dict[str, Tensor]) -> Tensor:
+        """pixel_values {branch: [B, 3, S, S]} -> projected patch embeddings [B, P, d] in the model dtype."""
+        param = next(self.vision_backbone.parameters())
+        pixels = {k: v.to(device=param.device, dtype=param.dtype) for k, v in pixel_values.items()}
+        return self.projector(self.vision_backbone(pixels)).to(self.dtype)
+
+    def prefill(
+        self,
+        input_ids: Tensor,
+        image_embeds: Tensor | None = None,
+        state: MambaState | None = None,
+        logits_to_keep: int = 1,
+    ) -> tuple[Tensor, MambaState]:
+        """Read [image patches] + text on top of `state`: input_ids [B, L], image_embeds [B, P, d] or None.
+
+        Returns (logits [B, logits_to_keep, vocab] fp32, new state).
+        """
+        embeds = self.llm.embed(input_ids)  # [B, L, d]
+        if image_embeds is not None:
+            embeds = torch.cat([image_embeds.to(embeds.dtype), embeds], dim=1)  # [B, P + L, d]
+        return self.llm(inputs_embeds=embeds, state=state, logits_to_keep=logits_to_keep)
+
+    def forward(self, pixel_values: dict[str, Tensor], input_ids: Tensor) -> Tensor:
+        """Training pass from a zero state: logits for the text positions [B, L, vocab] (image patches first)."""
+        logits, _ = self.prefill(input_ids, self.encode_images(pixel_values), logits_to_keep=input_ids.shape[1])
+        return logits

@@ -1,0 +1,327 @@
+"""The Mamba language model, continuing exactly from any saved recurrent state.
+
+Parameter names match mamba_ssm's `MambaLMHeadModel`, so a released `llm_backbone` state dict loads directly once its
+`llm.` prefix is stripped. Numerics follow the release: the residual stream, RMSNorm, convolution and scan run in fp32;
+the large matrices (embedding, in/x/dt/out projections) run in the weight dtype (fp32, bf16 or fp16); small
+parameters (norms, conv, A_log, D, dt bias) are kept in fp32.
+
+Shapes: B batch, L chunk length, d = d_model, D = d_inner, N = d_state, K = d_conv, R = dt_rank, V = vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from cobra_app.model.ops import MambaOps, get_ops
+
+# Parameter-name suffixes kept in fp32 whatever the weight dtype (mamba_ssm keeps them so under autocast).
+FP32_PARAM_SUFFIXES = ("A_log", "D", "conv1d.weight", "conv1d.bias", "dt_proj.bias", "norm.weight", "norm_f.weight")
+
+
+@dataclass
+class MambaConfig:
+    """Mamba LM hyper-parameters (mamba_ssm naming)."""
+
+    d_model: int
+    n_layer: int
+    vocab_size: int
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int | str = "auto"
+    rms_norm_eps: float = 1e-5
+    pad_vocab_size_multiple: int = 8
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def dt_rank_value(self) -> int:
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_size_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_mamba_ssm(cls, cfg: dict) -> "MambaConfig":
+        """Read mamba_ssm's `config.json` (d_model, n_layer, vocab_size, ssm_cfg, pad_vocab_size_multiple)."""
+        ssm = cfg.get("ssm_cfg") or {}
+        if ssm.get("layer", "Mamba1") != "Mamba1":
+            raise ValueError(f"only Mamba-1 layers are supported, config has {ssm['layer']!r}")
+        return cls(
+            d_model=cfg["d_model"],
+            n_layer=cfg["n_layer"],
+            vocab_size=cfg["vocab_size"],
+            pad_vocab_size_multiple=cfg.get("pad_vocab_size_multiple", 8),
+            **{k: ssm[k] for k in ("d_state", "d_conv", "expand", "dt_rank") if k in ssm},
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LayerState:
+    """One layer's memory: `conv` [B, D, K] the last K pre-conv inputs; `ssm` [B, D, N] fp32 scan state."""
+
+    conv: Tensor
+    ssm: Tensor
+
+
+@dataclass
+class MambaState:
+    """A whole model's recurrent state after `seqlen` tokens. Its size does not depend on `seqlen`.
+
+    States are values: model methods never modify a state passed to them; they return a new one.
+    """
+
+    layers: list[LayerState]
+    seqlen: int = 0
+
+    @classmethod
+    def zeros(cls, config: MambaConfig, batch: int = 1, device=None, dtype=torch.float32) -> "MambaState":
+        """The state before the first token. `dtype` is the conv state's (the weight dtype); ssm is fp32."""
+        D, N, K = config.d_inner, config.d_state, config.d_conv
+        return cls(
+            [
+                LayerState(
+                    torch.zeros(batch, D, K, device=device, dtype=dtype),
+                    torch.zeros(batch, D, N, device=device, dtype=torch.float32),
+                )
+                for _ in range(config.n_layer)
+            ]
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].ssm.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.layers[0].ssm.device
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for layer in self.layers for t in (layer.conv, layer.ssm))
+
+    def clone(self) -> "MambaState":
+        return MambaState([LayerState(l.conv.clone(), l.ssm.clone()) for l in self.layers], self.seqlen)
+
+    def to(self, device) -> "MambaState":
+        return MambaState([LayerState(l.conv.to(device), l.ssm.to(device)) for l in self.layers], self.seqlen)
+
+    @classmethod
+    def stack(cls, states: list["MambaState"]) -> "MambaState":
+        """Batch single or batched states along dim 0. `seqlen` is kept only when all agree (else -1)."""
+        seqlens = {s.seqlen for s in states}
+        layers = [
+            LayerState(torch.cat([s.layers[i].conv for s in states]), torch.cat([s.layers[i].ssm for s in states]))
+            for i in range(len(states[0].layers))
+        ]
+        return cls(layers, seqlens.pop() if len(seqlens) == 1 else -1)
+
+    def unstack(self, seqlens: list[int] | None = None) -> list["MambaState"]:
+        """Split a batched state into batch-1 states (with their own `seqlens` when given)."""
+        seqlens = seqlens or [self.seqlen] * self.batch_size
+        return [
+            MambaState([LayerState(l.conv[b : b + 1], l.ssm[b : b + 1]) for l in self.layers], seqlens[b])
+            for b in range(self.batch_size)
+        ]
+
+    def max_abs_diff(self, other: "MambaState") -> float:
+        """Largest element-wise difference to another state (for tests and checks)."""
+        return max(
+            (a - b).abs().max().item()
+            for x, y in zip(self.layers, other.layers)
+            for a, b in ((x.conv.float(), y.conv.float()), (x.ssm, y.ssm))
+        )
+
+
+class RMSNorm(nn.Module):
+    """y = x * rsqrt(mean(x^2) + eps) * weight, computed in fp32."""
+
+    def __init__(self, d: int, eps: float, device=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d, device=device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+
+
+class MambaMixer(nn.Module):
+    """The selective-SSM mixer of one block (mamba_ssm `Mamba`, Mamba-1)."""
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        d, D, N, K, R = config.d_model, config.d_inner, config.d_state, config.d_conv, config.dt_rank_value
+        self.d_state, self.dt_rank = N, R
+        kw = dict(device=device, dtype=dtype)
+        self.in_proj = nn.Linear(d, 2 * D, bias=False, **kw)
+        self.conv1d = nn.Conv1d(D, D, K, groups=D, padding=K - 1, bias=True, device=device)
+        self.x_proj = nn.Linear(D, R + 2 * N, bias=False, **kw)
+        self.dt_proj = nn.Linear(R, D, bias=True, **kw)
+        self.A_log = nn.Parameter(torch.empty(D, N, device=device))
+        self.D = nn.Parameter(torch.empty(D, device=device))
+        self.out_proj = nn.Linear(D, d, bias=False, **kw)
+
+    def forward(self, h: Tensor, state: LayerState, ops: MambaOps) -> tuple[Tensor, LayerState]:
+        """h [B, L, d] (weight dtype) on top of `state` -> (out [B, L, d], new LayerState)."""
+        xz = self.in_proj(h).transpose(1, 2)  # [B, 2D, L]
+        x, z = xz.chunk(2, dim=1)  # [B, D, L] each
+        x, conv_state = ops.causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv)  # [B, D, L]
+        x_dbl = self.x_proj(x.transpose(1, 2))  # [B, L, R + 2N]
+        dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # [B, D, L]; bias + softplus happen inside the scan
+        A = -torch.exp(self.A_log.float())  # [D, N]
+        y, ssm_state = ops.selective_scan(
+            x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z, self.dt_proj.bias, state.ssm
+        )  # y [B, D, L]
+        return self.out_proj(y.transpose(1, 2)), LayerState(conv_state, ssm_state)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: residual += hidden; hidden = mixer(norm(residual))."""
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.norm = RMSNorm(config.d_model, config.rms_norm_eps, device=device)
+        self.mixer = MambaMixer(config, device=device, dtype=dtype)
+
+    def forward(
+        self, hidden: Tensor, residual: Tensor, state: LayerState, ops: MambaOps
+    ) -> tuple[Tensor, Tensor, LayerState]:
+        """hidden [B, L, d] (weight dtype), residual [B, L, d] fp32 -> (new hidden, new residual, new LayerState)."""
+        residual = residual + hidden.float()
+        hidden, state = self.mixer(self.norm(residual).to(hidden.dtype), state, ops)
+        return hidden, residual, state
+
+
+class MixerModel(nn.Module):
+    """Embedding, the stack of blocks and the final norm (mamba_ssm `MixerModel` names)."""
+
+    def __init__(self, config: MambaConfig, device=None, dtype=None):
+        super().__init__()
+        self.embedding = nn.Embedding(config.padded_vocab_size, config.d_model, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(Block(config, device, dtype) for _ in range(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, config.rms_norm_eps, device=device)
+
+
+class MambaLM(nn.Module):
+    """Mamba language model with an explicit recurrent state.
+
+    `forward` processes a chunk of any length on top of any state; `step` decodes one token. Both return the logits
+    (fp32) and a new state that equals what reprocessing the whole history would give.
+    """
+
+    def __init__(self, config: MambaConfig, device=None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        self.backbone = MixerModel(config, device=device, dtype=dtype)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
+        self.lm_head.weight = self.backbone.embedding.weight  # tied, as in the release
+        self.ops_override: MambaOps | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.backbone.embedding.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.embedding.weight.device
+
+    @property
+    def ops(self) -> MambaOps:
+        """The operator implementation in use (CUDA kernels on a GPU where available, else PyTorch)."""
+        return self.ops_override or get_ops(self.device)
+
+    def cast(self, dtype: torch.dtype) -> "MambaLM":
+        """Move the large matrices to `dtype`, keeping `FP32_PARAM_SUFFIXES` in fp32. Returns self."""
+        for name, p in self.named_parameters():
+            p.data = p.data.to(torch.float32 if name.endswith(FP32_PARAM_SUFFIXES) else dtype)
+        return self
+
+    def init_weights(self, generator: torch.Generator | None = None) -> "MambaLM":
+        """Mamba's initialisation (mamba_ssm `Mamba.__init__` and `_init_weights`), in place. Returns self."""
+        cfg, g = self.config, generator
+        bound = 1 / math.sqrt(cfg.d_model)
+        with torch.no_grad():
+            self.backbone.embedding.weight.normal_(0.0, 0.02, generator=g)
+            for block in self.backbone.layers:
+                m = block.mixer
+                m.in_proj.weight.uniform_(-bound, bound, generator=g)
+                m.x_proj.weight.uniform_(-1 / math.sqrt(cfg.d_inner), 1 / math.sqrt(cfg.d_inner), generator=g)
+                dt_std = cfg.dt_rank_value**-0.5
+                m.dt_proj.weight.uniform_(-dt_std, dt_std, generator=g)
+                m.out_proj.weight.uniform_(-bound, bound, generator=g).div_(math.sqrt(cfg.n_layer))
+        return self.init_ssm_parameters(generator)
+
+    def init_ssm_parameters(self, generator: torch.Generator | None = None, dt_min=1e-3, dt_max=0.1) -> "MambaLM":
+        """Mamba's initialisation of the small per-channel parameters (norms, conv, A_log, D, dt bias). Returns self."""
+        cfg, g = self.config, generator
+        conv_bound = 1 / math.sqrt(cfg.d_conv)
+        with torch.no_grad():
+            for block in self.backbone.layers:
+                m = block.mixer
+                block.norm.weight.fill_(1.0)
+                m.conv1d.weight.uniform_(-conv_bound, conv_bound, generator=g)
+                m.conv1d.bias.uniform_(-conv_bound, conv_bound, generator=g)
+                u = torch.empty(cfg.d_inner, device=m.D.device).uniform_(generator=g)
+                dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
+                m.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus: softplus(bias) = dt
+                m.A_log.copy_(torch.log(torch.arange(1, cfg.d_state + 1, device=m.D.device, dtype=torch.float32)))
+                m.D.fill_(1.0)
+            self.backbone.norm_f.weight.fill_(1.0)
+        return self
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """input_ids [B, L] -> token embeddings [B, L, d] (weight dtype)."""
+        return self.backbone.embedding(input_ids)
+
+    def initial_state(self, batch: int = 1) -> MambaState:
+        return MambaState.zeros(self.config, batch, self.device, self.dtype)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        inputs_embeds: Tensor | None = None,
+        state: MambaState | None = None,
+        logits_to_keep: int = 0,
+    ) -> tuple[Tensor, MambaState]:
+        """Process a chunk on top of `state` (None: the start of a sequence).
+
+        input_ids [B, L] or inputs_embeds [B, L, d], L >= 1. Returns (logits [B, L', V] fp32, new state), with
+        L' = L, or the last `logits_to_keep` positions when that is > 0.
+        """
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
+        if x.shape[1] == 0:
+            raise ValueError("a chunk must contain at least one token")
+        state = state if state is not None else self.initial_state(x.shape[0])
+        ops = self.ops
+        hidden, residual = x, torch.zeros_like(x, dtype=torch.float32)  # the residual stream is fp32: [B, L, d]
+        new_layers = []
+        for block, layer_state in zip(self.backbone.layers, state.layers):
+            hidden, residual, layer_state = block(hidden, residual, layer_state, ops)
+            new_layers.append(layer_state)
+        residual = residual + hidden.float()
+        if logits_to_keep:
+            residual = residual[:, -logits_to_keep:]
+        h = self.backbone.norm_f(residual).to(self.dtype)
+        logits = self.lm_head(h).float()  # [B, L', V]
+        return logits, MambaState(new_layers, state.seqlen + x.shape[1])
+
+    def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """Decode one token per sequence: input_ids [B] -> (logits [B, V] fp32, new state)."""
+        logits, state = self.forward(input_ids[:, None], state=state)
+        return logits[:, -1], state

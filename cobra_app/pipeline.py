@@ -1,0 +1,113 @@
+"""The researcher's API: load a model, ask about an image, generate or score, in a few lines.
+
+    from cobra_app import load
+    cobra = load("cobra+3b")                                   # or "assets/demo-model", a hub path, a run dir
+    print(cobra.generate("photo.jpg", "What is in the image?"))
+    print(cobra.score("photo.jpg", "Is there a dog in the image?"))   # {'Yes': 0.91, 'No': 0.09}
+
+Single-turn, stateless calls. Multi-turn conversations with cached state live in `cobra_app.sessions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cobra_app.generation import Decoder, SamplingParams, TextStreamer, get_answer_pair
+from cobra_app.loading import LoadedModel
+from cobra_app.loading import load as load_model
+from cobra_app.model.mamba import MambaState
+from cobra_app.prompting import TurnTokenizer, get_prompt_builder
+
+ImageInput = Image.Image | str | Path | None
+
+
+class Cobra:
+    """A loaded Cobra model with its tokenizer and prompt format."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.vlm = loaded.vlm
+        self.tokenizer = loaded.tokenizer
+        self.source = loaded.source
+        self.turns = TurnTokenizer(loaded.tokenizer, get_prompt_builder(loaded.config.prompt_format))
+
+    @property
+    def config(self):
+        return self.vlm.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.vlm.device
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens the tokenizer can produce (the model's embedding rows beyond it are padding)."""
+        return len(self.tokenizer)
+
+    def info(self) -> dict[str, str | int]:
+        """What runs: model id, source, device, dtype, parameter count, Mamba ops path, state size."""
+        return {
+            "model_id": self.config.model_id,
+            "source": self.source,
+            "device": str(self.device),
+            "dtype": str(self.vlm.dtype).removeprefix("torch."),
+            "parameters": sum(p.numel() for p in self.vlm.parameters()),
+            "ops": self.vlm.llm.ops.name,
+            "state_bytes": self.vlm.llm.initial_state().nbytes,
+        }
+
+    @torch.no_grad()
+    def encode_image(self, image: Image.Image | str | Path) -> Tensor:
+        """An image (or its path) -> projected patch embeddings [1, P, d_model]."""
+        if not isinstance(image, Image.Image):
+            image = Image.open(image)
+        pixels = {k: v[None] for k, v in self.vlm.image_transform(image).items()}
+        return self.vlm.encode_images(pixels)
+
+    @torch.no_grad()
+    def read_prompt(self, image: ImageInput, question: str) -> tuple[Tensor, MambaState, list[int]]:
+        """Prefill [image patches] + the first user turn -> (logits at the first answer position [V], state, ids)."""
+        ids = self.turns.user_turn_ids(question, first=True)
+        embeds = None if image is None else self.encode_image(image)
+        logits, state = self.vlm.prefill(torch.tensor([ids], device=self.device), embeds)
+        return logits[0, -1], state, ids
+
+    def stream(
+        self,
+        image: ImageInput,
+        question: str,
+        params: SamplingParams | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the reply's text as it is generated (never half a UTF-8 character)."""
+        logits, state, ids = self.read_prompt(image, question)
+        decoder = Decoder(
+            self.vlm.llm, logits, state, params or SamplingParams(), self.turns.eos_id,
+            stop_event=stop_event, history_ids=ids, streamer=TextStreamer(self.tokenizer), vocab_size=self.vocab_size,
+        )
+        for event in decoder:
+            if event.text:
+                yield event.text
+
+    def generate(self, image: ImageInput, question: str, params: SamplingParams | None = None, **overrides) -> str:
+        """The whole reply (greedy by default; `overrides` are SamplingParams fields, e.g. max_new_tokens=64)."""
+        params = dataclasses.replace(params or SamplingParams(), **overrides)
+        return "".join(self.stream(image, question, params))
+
+    def score(self, image: ImageInput, question: str, answers: str = "yes-no") -> dict[str, float]:
+        """Closed-set scoring (paper protocol): P(answer) over a single-token pair ("yes-no" or "true-false"),
+        read at the first generated position and renormalised over the pair."""
+        pair = get_answer_pair(answers)
+        logits, _, _ = self.read_prompt(image, question)
+        return dict(zip(pair.words, pair.probs(logits, self.turns)))
+
+
+def load(source: str | Path = "cobra+3b", device: str = "auto", dtype: str | torch.dtype = "auto") -> Cobra:
+    """Load a model by registry id (`cobra+3b`), hub path, run directory or self-contained model directory."""
+    return Cobra(load_model(source, device=device, dtype=dtype))

@@ -1,0 +1,13 @@
+"""Prompt formats of the release and their per-turn tokenization."""
+
+from cobra_app.prompting.builders import (
+    EOS,
+    PROMPT_BUILDERS,
+    PromptBuilder,
+    Turn,
+    clean_message,
+    get_prompt_builder,
+)
+from cobra_app.prompting.tokenization import TurnTokenizer
+
+__all__ = ["EOS", "PROMPT_BUILDERS", "PromptBuilder", "Turn", "TurnTokenizer", "clean_message", "get_prompt_builder"]

@@ -1,0 +1,79 @@
+"""Prompt builders: the exact turn strings of the released Cobra prompt formats (reference section 6).
+
+A turn template holds `{msg}` where the (cleaned) message goes. Its only control token is EOS (`<|endoftext|>`);
+everything else, `<|user|>` and `<|assistant|>` included, is ordinary text. A turn is therefore a list of plain-text
+parts joined by EOS, which is how `TurnTokenizer` keeps user-typed control tokens as text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+EOS = "<|endoftext|>"
+IMAGE_PLACEHOLDER = "<image>"
+
+Turn = tuple[str, str | None]  # (user message, assistant reply or None while it is being generated)
+
+
+def clean_message(msg: str) -> str:
+    """The release's message cleaning: drop `<image>` (images go before all text), strip whitespace."""
+    return msg.replace(IMAGE_PLACEHOLDER, "").strip()
+
+
+def _fill(template: str, msg: str) -> list[str]:
+    """Split `template` at EOS and put `msg` into `{msg}`. `msg` is inserted, never parsed as a template."""
+    return [part.replace("{msg}", msg) for part in template.split(EOS)]
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    """A chat format. Later user turns are `turn_separator + user_template`; an empty reply is a single space."""
+
+    name: str
+    user_template: str
+    assistant_template: str = "{msg}" + EOS
+    turn_separator: str = "\n"
+
+    def user_parts(self, msg: str, first: bool) -> list[str]:
+        """Plain-text parts of a user turn; the turn is `EOS.join(parts)`."""
+        template = self.user_template if first else self.turn_separator + self.user_template
+        return _fill(template, clean_message(msg))
+
+    def assistant_parts(self, reply: str) -> list[str]:
+        """Plain-text parts of an assistant turn; the turn is `EOS.join(parts)`."""
+        return _fill(self.assistant_template, clean_message(reply) or " ")
+
+    def user_text(self, msg: str, first: bool) -> str:
+        return EOS.join(self.user_parts(msg, first))
+
+    def assistant_text(self, reply: str) -> str:
+        return EOS.join(self.assistant_parts(reply))
+
+    def conversation_text(self, turns: Sequence[Turn]) -> str:
+        """The whole conversation; only the last turn may have `None` as reply (the prompt for generation)."""
+        pieces = []
+        for i, (msg, reply) in enumerate(turns):
+            pieces.append(self.user_text(msg, first=i == 0))
+            if reply is not None:
+                pieces.append(self.assistant_text(reply))
+            elif i != len(turns) - 1:
+                raise ValueError(f"turn {i} has no reply but is not the last turn")
+        return "".join(pieces)
+
+
+PROMPT_BUILDERS: dict[str, PromptBuilder] = {
+    b.name: b
+    for b in (
+        PromptBuilder("zephyr", user_template="<|user|>\n{msg}" + EOS + "\n<|assistant|>\n"),  # mamba-2.8b-zephyr
+        PromptBuilder("mamba", user_template="In: {msg}\nOut: "),  # base Mamba
+    )
+}
+
+
+def get_prompt_builder(name: str) -> PromptBuilder:
+    """Look up a builder by prompt format name (`CobraConfig.prompt_format`)."""
+    try:
+        return PROMPT_BUILDERS[name]
+    except KeyError:
+        raise ValueError(f"unknown prompt format {name!r}; known: {sorted(PROMPT_BUILDERS)}") from None

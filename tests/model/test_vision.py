@@ -1,0 +1,200 @@
+"""Spec: the vision tower returns each ViT's second-to-last-block patch tokens (no prefix, no final norm),
+concatenated on channels, with the registry's explicit hyper-parameters equal to the timm hub models'."""
+
+import dataclasses
+import json
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.models.vision_transformer import VisionTransformer
+
+from cobra_app.model import vision
+from cobra_app.model.vision import (
+    VISION_BACKBONES,
+    VisionBackboneConfig,
+    ViTBranchConfig,
+    build_vision_backbone,
+)
+
+TINY = VISION_BACKBONES["tiny-dinosiglip-32px"]
+REAL = VISION_BACKBONES["dinosiglip-vit-so-384px"]
+
+
+def random_pixels(cfg: VisionBackboneConfig, batch: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {b.name: torch.randn(batch, 3, b.img_size, b.img_size, generator=g) for b in cfg.branches}
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone() -> vision.VisionBackbone:
+    torch.manual_seed(0)
+    return build_vision_backbone(TINY).eval()
+
+
+def test_features_equal_timm_second_to_last_layer(tiny_backbone):
+    pixels = random_pixels(TINY)
+    with torch.no_grad():
+        out = tiny_backbone(pixels)
+        expected = []
+        for name, attr in [("dino", "dino_featurizer"), ("siglip", "siglip_featurizer")]:
+            vit = getattr(tiny_backbone, attr)
+            (ref,) = vit.get_intermediate_layers(pixels[name], n={len(vit.blocks) - 2})
+            last = vit.get_intermediate_layers(pixels[name], n={len(vit.blocks) - 1})[0]
+            assert not torch.allclose(ref, last)  # the layer choice matters for these weights
+            expected.append(ref)
+    assert out.shape == (2, 16, 32 + 48)
+    torch.testing.assert_close(out[..., :32], expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(out[..., 32:], expected[1], rtol=0, atol=0)
+    torch.testing.assert_close(out, torch.cat(expected, dim=2), rtol=0, atol=0)
+
+
+def test_features_by_hand_drop_prefix_tokens_and_skip_final_norm(tiny_backbone):
+    """Independent of timm's intermediate API: embed, run blocks[:-1], drop the 1+4 (dino) / 0 (siglip) prefix."""
+    pixels = random_pixels(TINY, batch=1)
+    with torch.no_grad():
+        parts = []
+        for branch, n_prefix in zip(TINY.branches, [5, 0]):
+            vit = tiny_backbone.featurizer_for(branch.name)
+            assert vit.num_prefix_tokens == n_prefix
+            x = vit.norm_pre(vit._pos_embed(vit.patch_embed(pixels[branch.name])))
+            for blk in vit.blocks[:-1]:
+                x = blk(x)
+            parts.append(x[:, n_prefix:])
+        torch.testing.assert_close(tiny_backbone(pixels), torch.cat(parts, dim=2), rtol=0, atol=1e-6)
+
+
+def test_last_block_and_final_norm_are_not_run(tiny_backbone):
+    calls = []
+    hooks = []
+    for attr in ["dino_featurizer", "siglip_featurizer"]:
+        vit = getattr(tiny_backbone, attr)
+        for mod in [vit.blocks[-1], vit.norm]:
+            hooks.append(mod.register_forward_hook(lambda *_: calls.append(1)))
+    try:
+        with torch.no_grad():
+            tiny_backbone(random_pixels(TINY))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == []
+
+
+def test_attributes_follow_prismatic_names(tiny_backbone):
+    assert tiny_backbone.embed_dim == 80 and tiny_backbone.num_patches == 16
+    assert {k.split(".")[0] for k in tiny_backbone.state_dict()} == {"dino_featurizer", "siglip_featurizer"}
+    single = VisionBackboneConfig("tiny-siglip", (TINY.branches[1],))
+    model = build_vision_backbone(single)
+    assert {k.split(".")[0] for k in model.state_dict()} == {"featurizer"}
+    assert model(random_pixels(single)).shape == (2, 16, 48)
+
+
+def test_image_transform_feeds_forward(tiny_backbone):
+    image = Image.new("RGB", (50, 37), (10, 200, 30))
+    pixels = tiny_backbone.image_transform(image)
+    assert set(pixels) == {"dino", "siglip"}
+    assert all(p.shape == (3, 32, 32) for p in pixels.values())
+    with torch.no_grad():
+        assert tiny_backbone({k: v[None] for k, v in pixels.items()}).shape == (1, 16, 80)
+
+
+@pytest.mark.parametrize(
+    "backbone_id, num_patches, embed_dim, attrs",
+    [
+        ("dinosiglip-vit-so-384px", 729, 2176, {"dino_featurizer", "siglip_featurizer"}),
+        ("siglip-vit-so400m-384px", 729, 1152, {"featurizer"}),
+    ],
+)
+def test_real_configs_shapes_on_meta(backbone_id, num_patches, embed_dim, attrs):
+    cfg = VISION_BACKBONES[backbone_id]
+    with torch.device("meta"):
+        model = build_vision_backbone(cfg)
+        out = model({b.name: torch.empty(1, 3, 384, 384) for b in cfg.branches})
+    assert (model.num_patches, model.embed_dim) == (num_patches, embed_dim)
+    assert out.shape == (1, num_patches, embed_dim)
+    assert {k.split(".")[0] for k in model.state_dict()} == attrs
+
+
+@pytest.mark.parametrize("branch", REAL.branches, ids=lambda b: b.name)
+def test_explicit_kwargs_build_the_hub_model_structure(branch: ViTBranchConfig):
+    """Same parameter names/shapes and module types as timm's registered model (pretrained=False: no download)."""
+    with torch.device("meta"):
+        ours = VisionTransformer(**branch.timm_kwargs())
+        hub = timm.create_model(branch.timm_model_name, pretrained=False, num_classes=0, img_size=branch.img_size)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in hub.state_dict().items()}
+    assert {n: type(m) for n, m in ours.named_modules()} == {n: type(m) for n, m in hub.named_modules()}
+    assert (ours.num_prefix_tokens, ours.no_embed_class) == (hub.num_prefix_tokens, hub.no_embed_class)
+    assert hub.pretrained_cfg["mean"] == branch.mean and hub.pretrained_cfg["std"] == branch.std
+
+
+STRUCTURAL = [
+    "class_token",
+    "reg_tokens",
+    "no_embed_class",
+    "init_values",
+    "act_layer",
+    "global_pool",
+    "mlp_ratio",
+    "mean",
+    "std",
+]
+
+
+@pytest.mark.parametrize("backbone_id", ["tiny-dinosiglip-32px", "small-dinosiglip-64px"])
+def test_offline_configs_keep_each_family_structure(backbone_id):
+    cfg = VISION_BACKBONES[backbone_id]
+    assert [b.name for b in cfg.branches] == [b.name for b in REAL.branches]
+    for small, real in zip(cfg.branches, REAL.branches):
+        assert small.timm_model_name is None
+        assert {f: getattr(small, f) for f in STRUCTURAL} == {f: getattr(real, f) for f in STRUCTURAL}
+
+
+def test_small_demo_config_sizes():
+    cfg = VISION_BACKBONES["small-dinosiglip-64px"]
+    assert (cfg.image_size, cfg.num_patches, cfg.embed_dim) == (64, 64, 96 + 128)
+
+
+@pytest.mark.parametrize("backbone_id", sorted(VISION_BACKBONES))
+def test_config_json_round_trip(backbone_id):
+    cfg = VISION_BACKBONES[backbone_id]
+    assert cfg.backbone_id == backbone_id
+    restored = VisionBackboneConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert restored == cfg
+    letterbox = dataclasses.replace(cfg, image_resize_strategy="letterbox")
+    assert VisionBackboneConfig.from_dict(json.loads(json.dumps(letterbox.to_dict()))) == letterbox
+
+
+def test_config_rejects_mismatched_grids():
+    dino, siglip = TINY.branches
+    with pytest.raises(ValueError):
+        VisionBackboneConfig("bad", (dino, dataclasses.replace(siglip, patch_size=4)))
+    with pytest.raises(ValueError):
+        VisionBackboneConfig("bad", (dino, dataclasses.replace(dino, embed_dim=64)))  # duplicate name
+
+
+def test_pretrained_path_calls_timm_hub_like_the_release(monkeypatch):
+    calls = []
+
+    def fake_create_model(name, **kwargs):
+        calls.append((name, kwargs))
+        branch = {b.timm_model_name: b for b in hub_cfg.branches}[name]
+        return VisionTransformer(**branch.timm_kwargs())
+
+    hub_cfg = VisionBackboneConfig(
+        "tiny-hub", tuple(dataclasses.replace(b, timm_model_name=f"fake_{b.name}") for b in TINY.branches)
+    )
+    monkeypatch.setattr(vision.timm, "create_model", fake_create_model)
+    model = build_vision_backbone(hub_cfg, pretrained=True)
+    assert calls == [(f"fake_{n}", {"pretrained": True, "num_classes": 0, "img_size": 32}) for n in ["dino", "siglip"]]
+    assert model.embed_dim == 80
+    with pytest.raises(ValueError):
+        build_vision_backbone(TINY, pretrained=True)  # offline config: no hub model
+
+
+def test_pretrained_path_rejects_a_hub_model_unlike_the_config(monkeypatch):
+    dino = dataclasses.replace(TINY.branches[0], timm_model_name="fake_dino")
+    wrong = dataclasses.replace(dino, depth=dino.depth + 1)
+    monkeypatch.setattr(vision.timm, "create_model", lambda name, **kw: VisionTransformer(**wrong.timm_kwargs()))
+    with pytest.raises(ValueError, match="fake_dino"):
+        build_vision_backbone(VisionBackboneConfig("tiny-hub", (dino,)), pretrained=True)
