@@ -99,5 +99,7 @@ def test_ops_are_differentiable():
     assert torch.autograd.gradcheck(lambda *a: torch_ops.causal_conv1d(*a)[0], (x, w, b, torch.zeros(1, 2, 4).double()))
 
 
-def test_cpu_selects_torch_ops():
-    assert get_ops("cpu") is TORCH_OPS
+def test_cpu_ops_selection():
+    """The compiled CPU kernel where it builds, plain PyTorch when kernels are not preferred."""
+    assert get_ops("cpu", prefer_kernels=False) is TORCH_OPS
+    assert get_ops("cpu").name in {"cpu-kernel", "torch"}

@@ -1,12 +1,16 @@
-"""One interface, two implementations of Mamba's sequence operators.
+"""One interface, several implementations of Mamba's sequence operators.
 
-`get_ops(device)` returns the mamba-ssm/causal-conv1d kernels on a CUDA device where they import, and the plain
-PyTorch operators everywhere else. The first selection for each path is logged once.
+`get_ops(device)` returns the mamba-ssm/causal-conv1d kernels on a CUDA device where they import, the compiled CPU
+selective scan (`cpu_kernel`, built on first use) on a CPU device where it compiles, and the plain PyTorch operators
+everywhere else. The first selection for each path is logged once.
+
+Environment: COBRA_OPS=torch forces the plain PyTorch operators on every device (read at each `get_ops` call).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable
@@ -46,14 +50,30 @@ def cuda_ops() -> MambaOps | None:
     return MambaOps("cuda-kernels", kernels.causal_conv1d, kernels.selective_scan)
 
 
+def _env_forces_torch() -> bool:
+    return os.environ.get("COBRA_OPS", "").strip().lower() == "torch"
+
+
 @cache
 def _announce(name: str, device_type: str) -> None:
     log.info("Mamba ops path: %s on %s", name, device_type)
 
 
+def _cpu_kernel_ops() -> MambaOps | None:
+    from cobra_app.model.ops.cpu_kernel import cpu_kernel_ops  # it imports this module: not at the top
+
+    return cpu_kernel_ops()
+
+
+# device type -> the compiled operators for it (None where they are unavailable)
+KERNELS: dict[str, Callable[[], MambaOps | None]] = {"cuda": cuda_ops, "cpu": _cpu_kernel_ops}
+
+
 def get_ops(device: torch.device | str, prefer_kernels: bool = True) -> MambaOps:
-    """The operators to run on `device`: CUDA kernels when available there (and preferred), else PyTorch."""
+    """The operators to run on `device`: its compiled kernels (`KERNELS`) when available (and preferred, and
+    COBRA_OPS is not "torch"), else PyTorch."""
     device = torch.device(device)
-    ops = (cuda_ops() if device.type == "cuda" and prefer_kernels else None) or TORCH_OPS
+    compiled = KERNELS.get(device.type) if prefer_kernels and not _env_forces_torch() else None
+    ops = (compiled() if compiled else None) or TORCH_OPS
     _announce(ops.name, device.type)
     return ops
