@@ -130,10 +130,11 @@ class MambaState:
         return cls(layers, seqlens.pop() if len(seqlens) == 1 else -1)
 
     def unstack(self, seqlens: list[int] | None = None) -> list["MambaState"]:
-        """Split a batched state into batch-1 states (with their own `seqlens` when given)."""
+        """Split a batched state into batch-1 states (with their own `seqlens` when given). Each owns its memory
+        (a copy), so keeping one row does not keep the whole batch alive."""
         seqlens = seqlens or [self.seqlen] * self.batch_size
         return [
-            MambaState([LayerState(l.conv[b : b + 1], l.ssm[b : b + 1]) for l in self.layers], seqlens[b])
+            MambaState([LayerState(l.conv[b : b + 1].clone(), l.ssm[b : b + 1].clone()) for l in self.layers], seqlens[b])
             for b in range(self.batch_size)
         ]
 

@@ -7,7 +7,7 @@
         print(delta, end="")
 
 API (thread-safe; every method may be called from any thread)
-    SessionManager(cobra, *, memory_budget_bytes=2 << 30, idle_timeout_s=3600.0, max_context_tokens=None,
+    SessionManager(cobra, *, memory_budget_bytes=2 << 30, idle_timeout_s=3600.0, max_context_tokens=None, max_batch=8,
                    clock=time.monotonic)
         max_context_tokens: limit on the conversation's *text* tokens (default `cobra.config.llm_max_length`, 2048 for
         cobra+3b). Image patches are not counted, as in the release, which truncates the text ids to llm_max_length
@@ -41,7 +41,9 @@ API (thread-safe; every method may be called from any thread)
                                            untouched and a reply may be in flight meanwhile
     stats() -> dict                        bytes_in_use, budget_bytes, sessions, hits, misses, rebuilds, evictions,
                                            plus entries, peak_bytes, oversized, image_encodes, image_hits,
-                                           rebuilt_tokens, replies_in_flight. hits/misses: lookups of the state a
+                                           rebuilt_tokens, replies_in_flight, decode_steps, decoded_tokens
+                                           (decoded_tokens > decode_steps when steps were batched across
+                                           sessions). hits/misses: lookups of the state a
                                            turn starts from (and `snapshot` calls) found in / missing from the cache;
                                            rebuilds: states recomputed from history (rebuilt_tokens: tokens re-read);
                                            evictions: LRU entries dropped for space; oversized: values larger than
@@ -81,7 +83,8 @@ SessionNotFound(reason="expired").
 
 Concurrency: a per-session lock serialises changes to one session and at most one reply per session is in flight
 (others raise ReplyInProgress). Model calls are serialised by one manager-wide lock taken per call (each prefill,
-each decoded token), so replies of different sessions interleave token by token.
+each decode step). Decode steps of replies generating at the same time are batched (`BatchedStepper`, up to
+`max_batch` sessions per step, their states stacked): one pass over the weights serves them all.
 """
 
 from __future__ import annotations
@@ -99,6 +102,7 @@ from PIL import Image
 from torch import Tensor
 
 from cobra_app.generation import Decoder, SamplingParams, TextStreamer, get_answer_pair
+from cobra_app.generation.batching import BatchedStepper
 from cobra_app.generation.decode import DecodeResult
 from cobra_app.model.mamba import MambaState
 from cobra_app.prompting import clean_message
@@ -154,17 +158,6 @@ def _check_params(params: SamplingParams | None) -> SamplingParams:
     if not isinstance(params, SamplingParams):
         raise TypeError(f"params must be SamplingParams or None, got {type(params).__name__}")
     return params
-
-
-class _LockedStep:
-    """`lm.step` under the manager's model lock (one model call at a time)."""
-
-    def __init__(self, lm, lock):
-        self.lm, self.lock = lm, lock
-
-    def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        with self.lock, torch.no_grad():
-            return self.lm.step(input_ids, state)
 
 
 class _ActiveReply:
@@ -344,7 +337,8 @@ class SessionManager:
     """Conversations over one model, with cached recurrent state. See the module docstring for the API."""
 
     def __init__(self, cobra, *, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET, idle_timeout_s: float = 3600.0,
-                 max_context_tokens: int | None = None, clock: Callable[[], float] = time.monotonic):
+                 max_context_tokens: int | None = None, max_batch: int = 8,
+                 clock: Callable[[], float] = time.monotonic):
         self.cobra = cobra
         self.store = MemoryStore(memory_budget_bytes)
         self.idle_timeout_s = float(idle_timeout_s)
@@ -357,7 +351,7 @@ class SessionManager:
         self._ended: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()  # sessions dict and counters; never held while waiting for anything else
         self._model_lock = threading.RLock()  # one model call at a time
-        self._step_lm = _LockedStep(cobra.vlm.llm, self._model_lock)
+        self._step_lm = BatchedStepper(cobra.vlm.llm, max_batch=max_batch, model_lock=self._model_lock)
         self._counters = {k: 0 for k in ("hits", "misses", "rebuilds", "rebuilt_tokens", "image_encodes", "image_hits")}
 
     # --- public API -------------------------------------------------------------------------------------------------
@@ -481,6 +475,8 @@ class SessionManager:
             "oversized": self.store.oversized,
             **{k: counters[k] for k in ("image_encodes", "image_hits", "rebuilt_tokens")},
             "replies_in_flight": sum(s.active is not None for s in sessions),
+            "decode_steps": self._step_lm.batches,
+            "decoded_tokens": self._step_lm.rows,
         }
 
     def snapshot(self, sid: str, turn_index: int | None = None, when: When = "after") -> Snapshot:

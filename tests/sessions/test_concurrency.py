@@ -146,3 +146,44 @@ def test_threads_under_a_tight_budget_rebuild_correctly_and_stay_under_it(cobra)
     for image_index, ids, state in finished.values():
         _, full_state = full_recompute(cobra, images[image_index], ids)
         assert state_rel_diff(state, full_state) < 1e-5
+
+
+class SlowSteps:
+    def __init__(self, lm):
+        self.lm = lm
+
+    def step(self, input_ids, state):
+        time.sleep(0.01)
+        return self.lm.step(input_ids, state)
+
+
+def test_replies_generating_together_share_decode_steps(cobra):
+    """Decode steps of concurrent replies are batched (one pass over the weights for several sessions), and each
+    conversation still equals its own single-threaded run."""
+    images = [sample_image(seed=s) for s in range(4)]
+    params = sampled(seed=5, max_new_tokens=12)
+
+    def run(manager, sid, i):
+        manager.set_image(sid, images[i])
+        drain(manager.send(sid, MESSAGES[i], params))
+
+    serial = SessionManager(cobra)
+    expected = []
+    for i in range(4):
+        sid = serial.open_session()
+        run(serial, sid, i)
+        expected.append((outcome(serial, sid), serial.snapshot(sid).state))
+
+    manager = SessionManager(cobra, max_batch=4)
+    manager._step_lm.lm = SlowSteps(manager._step_lm.lm)  # steps take long enough for concurrent ones to queue
+    sids = [manager.open_session() for _ in range(4)]
+    threads = [threading.Thread(target=run, args=(manager, sid, i)) for i, sid in enumerate(sids)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = manager.stats()
+    assert stats["decoded_tokens"] > stats["decode_steps"]  # some steps served several sessions
+    for sid, (want, want_state) in zip(sids, expected):
+        assert outcome(manager, sid) == want
+        assert state_rel_diff(manager.snapshot(sid).state, want_state) <= 1e-5
