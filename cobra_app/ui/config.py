@@ -1,0 +1,115 @@
+"""The app's settings: command-line flags, each with an environment variable (flag > variable > default).
+
+    python app.py --model cobra+3b --device auto --dtype auto --host 127.0.0.1 --port 7860 --share \
+                  --memory-budget 2GB --concurrency 2
+
+On Hugging Face Spaces the platform sets GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; they are honoured when neither the
+flag nor COBRA_HOST / COBRA_PORT is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_bytes(text: str | int) -> int:
+    """'2GB', '512 MiB', '1e9', 3000 -> bytes (decimal units: 1 GB = 10**9 B; binary with 'iB')."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+        if not m or m.group(2) not in _UNITS:
+            raise ValueError(f"not a size: {text!r} (examples: 2GB, 512MiB, 1500000000)")
+        value = int(float(m.group(1)) * _UNITS[m.group(2)])
+    if value <= 0:
+        raise ValueError(f"a size must be positive, got {text!r}")
+    return value
+
+
+def _truthy(text: str) -> bool:
+    return str(text).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    model: str = "cobra+3b"  # registry id, hub path or local directory
+    device: str = "auto"
+    dtype: str = "auto"
+    host: str = "127.0.0.1"
+    port: int = 7860
+    share: bool = False
+    memory_budget: int = 2 * 10**9  # bytes the sessions may keep (state snapshots, image embeddings)
+    concurrency: int = 4  # replies and probes in progress at once (they interleave token by token); the rest queue
+    queue_size: int = 64  # waiting events beyond this are refused with "queue full"
+    idle_timeout: float = 1800.0  # seconds before an idle conversation is closed
+    max_new_tokens: int = 512  # ceiling for the "max new tokens" parameter (UI and API)
+    max_image_bytes: int = 20 * 10**6  # uploads larger than this are refused before decoding
+    max_image_pixels: int = 40 * 10**6  # images with more pixels than this are refused before decoding
+    fallback_model: str = str(DEMO_MODEL_DIR)  # used (with a banner) when `model` cannot be fetched
+
+
+# field -> (flag, env var, parser, help)
+OPTIONS: dict[str, tuple[str, str, object, str]] = {
+    "model": ("--model", "COBRA_MODEL", str, "registry id (cobra+3b), hub path owner/repo[/sub] or local model dir"),
+    "device": ("--device", "COBRA_DEVICE", str, "auto, cpu, cuda or cuda:N"),
+    "dtype": ("--dtype", "COBRA_DTYPE", str, "auto, float32, bfloat16 or float16"),
+    "host": ("--host", "COBRA_HOST", str, "address to listen on (0.0.0.0 for every interface)"),
+    "port": ("--port", "COBRA_PORT", int, "port to listen on"),
+    "share": ("--share", "COBRA_SHARE", _truthy, "also open a public gradio.live link"),
+    "memory_budget": ("--memory-budget", "COBRA_MEMORY_BUDGET", parse_bytes,
+                      "bytes for cached conversation states and image embeddings, e.g. 2GB"),
+    "concurrency": ("--concurrency", "COBRA_CONCURRENCY", int, "model calls (replies, probes) served at once"),
+    "queue_size": ("--queue-size", "COBRA_QUEUE_SIZE", int, "most requests waiting in the queue"),
+    "idle_timeout": ("--idle-timeout", "COBRA_IDLE_TIMEOUT", float, "seconds before an idle conversation is closed"),
+    "max_new_tokens": ("--max-new-tokens", "COBRA_MAX_NEW_TOKENS", int, "largest reply length a user may ask for"),
+    "max_image_bytes": ("--max-image-bytes", "COBRA_MAX_IMAGE_BYTES", parse_bytes, "largest image file accepted"),
+    "max_image_pixels": ("--max-image-pixels", "COBRA_MAX_IMAGE_PIXELS", int, "most pixels an image may have"),
+    "fallback_model": ("--fallback-model", "COBRA_FALLBACK_MODEL", str,
+                       "model used when --model cannot be fetched (default: the bundled offline demo model)"),
+}
+
+
+def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
+    """Flags > COBRA_* environment variables > (for host/port) GRADIO_SERVER_NAME/PORT > defaults."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    defaults = AppConfig()
+    parser = argparse.ArgumentParser(prog="app.py", description="Cobra Chat: chat with Cobra about an image.")
+    for name, (flag, env, _, help_text) in OPTIONS.items():
+        default = getattr(defaults, name)
+        if name == "share":
+            parser.add_argument(flag, action="store_true", default=None, help=f"{help_text} (env {env})")
+        else:
+            parser.add_argument(flag, default=None, help=f"{help_text} (env {env}; default {default})")
+    args = parser.parse_args(argv)
+    values = {}
+    fallbacks = {"host": "GRADIO_SERVER_NAME", "port": "GRADIO_SERVER_PORT"}
+    for f in fields(AppConfig):
+        flag, env, convert, _ = OPTIONS[f.name]
+        raw = getattr(args, f.name)
+        if raw is None:
+            raw = environ.get(env) or (environ.get(fallbacks[f.name]) if f.name in fallbacks else None)
+        if raw is None or raw == "":
+            continue
+        try:
+            values[f.name] = raw if isinstance(raw, bool) else convert(raw)
+        except ValueError as exc:
+            parser.error(f"{flag} / {env}: {exc}")
+    cfg = AppConfig(**values)
+    for name in ("port", "concurrency", "queue_size", "max_new_tokens", "max_image_pixels"):
+        if getattr(cfg, name) < 1:
+            parser.error(f"{OPTIONS[name][0]} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.idle_timeout <= 0:
+        parser.error(f"--idle-timeout must be positive, got {cfg.idle_timeout}")
+    return cfg

@@ -1,0 +1,194 @@
+"""Spec: the app's settings, image reading, model choice with its offline fallback, examples and probe-suite uploads."""
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cobra_app.loading import ModelUnavailableError
+from cobra_app.ui.config import AppConfig, parse_bytes, parse_config
+from cobra_app.ui.examples import Suggestions, load_examples
+from cobra_app.ui.images import ImageLimits, ImageRejected, open_image
+from cobra_app.ui.model_choice import choose_model
+from cobra_app.ui.probe_suite import SuiteUploadError, run_uploaded_suite, stage_suite
+from tests.ui.support import EXAMPLES
+
+
+# --- settings -------------------------------------------------------------------------------------------------------
+def test_flags_override_environment_which_overrides_defaults():
+    assert parse_config([], {}) == AppConfig()
+    env = {"COBRA_MODEL": "assets/demo-model", "COBRA_PORT": "8000", "COBRA_SHARE": "true",
+           "COBRA_MEMORY_BUDGET": "512MiB", "COBRA_CONCURRENCY": "4", "COBRA_DEVICE": "cpu", "COBRA_DTYPE": "float32"}
+    cfg = parse_config([], env)
+    assert (cfg.model, cfg.port, cfg.share, cfg.memory_budget, cfg.concurrency) == (
+        "assets/demo-model", 8000, True, 512 * 2**20, 4)
+    assert (cfg.device, cfg.dtype, cfg.host) == ("cpu", "float32", "127.0.0.1")
+    cfg = parse_config(["--model", "x/y", "--port", "9000", "--host", "0.0.0.0", "--memory-budget", "1GB",
+                        "--concurrency", "1", "--share"], env)
+    assert (cfg.model, cfg.port, cfg.host, cfg.memory_budget, cfg.concurrency) == ("x/y", 9000, "0.0.0.0", 10**9, 1)
+
+
+def test_spaces_server_variables_are_honoured():
+    cfg = parse_config([], {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7861"})
+    assert (cfg.host, cfg.port) == ("0.0.0.0", 7861)
+
+
+def test_bad_settings_exit_with_a_message(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--memory-budget", "lots"], {})
+    assert "not a size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config([], {"COBRA_CONCURRENCY": "0"})
+    assert parse_bytes("1.5 GB") == 1_500_000_000 and parse_bytes("2kib") == 2048
+
+
+# --- images ---------------------------------------------------------------------------------------------------------
+def _save(tmp_path, image, name, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+def test_common_image_kinds_become_rgb(tmp_path):
+    rgba = Image.new("RGBA", (20, 10), (255, 0, 0, 0))
+    assert open_image(_save(tmp_path, rgba, "t.png")).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
+    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))
+    assert open_image(_save(tmp_path, cmyk, "c.jpg")).mode == "RGB"
+    deep = Image.fromarray(np.full((4, 4), 65535, np.uint16))
+    assert open_image(_save(tmp_path, deep, "d.png")).getpixel((0, 0)) == (255, 255, 255)
+    frames = [Image.new("RGB", (6, 6), c) for c in ("red", "blue")]
+    gif = tmp_path / "a.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    assert open_image(gif).getpixel((0, 0))[0] > 200  # the first frame
+    tall = Image.new("RGB", (10, 20), "white")
+    exif = tall.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees
+    assert open_image(_save(tmp_path, tall, "r.jpg", exif=exif)).size == (20, 10)
+    assert open_image(_save(tmp_path, Image.new("L", (1, 1)), "one.png")).size == (1, 1)
+
+
+def refusal(path, limits):
+    with pytest.raises(ImageRejected) as info:
+        open_image(path, limits)
+    return info.value.user_message
+
+
+def test_unreadable_or_oversized_images_are_refused_in_plain_words(tmp_path):
+    limits = ImageLimits(max_bytes=10_000, max_pixels=1_000_000)
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert refusal(tmp_path / "empty.png", limits) == "The image file is empty. Please upload another image."
+    (tmp_path / "junk.png").write_bytes(b"hello, not an image")
+    assert refusal(tmp_path / "junk.png", limits).startswith("This file is not an image Cobra can read")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buffer, "PNG")
+    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[:60])
+    assert refusal(tmp_path / "cut.png", limits).startswith("The image file is damaged or incomplete")
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))
+    assert refusal(_save(tmp_path, noisy, "big.png"), limits).endswith("kB; the limit is 10 kB. Please upload a smaller image.")
+    huge = _save(tmp_path, Image.new("1", (2000, 1000)), "huge.png")  # a small file of 2 MP
+    assert refusal(huge, limits) == ("The image is 2000x1000 pixels; the limit is 1 megapixels. "
+                                     "Please upload a smaller image.")
+
+
+# --- model choice ---------------------------------------------------------------------------------------------------
+def test_unavailable_model_falls_back_to_the_demo_model_with_a_banner(tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    choice = choose_model("cobra+3b", str(tiny_model_dir), device="cpu")
+    assert choice.is_fallback and choice.source == str(tiny_model_dir)
+    assert choice.cobra.info()["model_id"] == "tiny-cobra"
+    banner = choice.banner()
+    assert "Offline demo model" in banner and "`cobra+3b` could not be loaded" in banner
+    assert "python app.py --model cobra+3b" in banner  # how to get the real one
+    direct = choose_model(str(tiny_model_dir), None, device="cpu")
+    assert not direct.is_fallback and direct.banner() == ""
+
+
+def test_no_fallback_means_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelUnavailableError, match="demo model .* is missing"):
+        choose_model("cobra+3b", str(tmp_path / "nowhere"))
+
+    def broken(*args, **kwargs):
+        raise ValueError("checkpoint is corrupt")
+
+    with pytest.raises(ValueError, match="corrupt"):  # real problems are not hidden behind the demo model
+        choose_model(str(tmp_path), str(tmp_path), loader=broken)
+
+
+# --- examples -------------------------------------------------------------------------------------------------------
+def test_examples_are_scenes_with_checked_questions_and_suggestions_follow_the_image(tmp_path):
+    examples = load_examples(EXAMPLES)
+    assert len(examples) >= 4
+    for e in examples:
+        assert Image.open(e.image).size == (256, 256)
+        answers = [a for _, a in e.questions]
+        assert "Yes" in answers and "No" in answers and len(e.questions) >= 5
+    copy = tmp_path / "copy.png"  # Gradio hands the handler a copy of the example file
+    copy.write_bytes(examples[1].image.read_bytes())
+    suggest = Suggestions(examples)
+    assert suggest.for_image(copy) == [q for q, _ in examples[1].questions]
+    assert suggest.for_image(None) == suggest.generic
+
+
+# --- probe suite uploads --------------------------------------------------------------------------------------------
+def _suite_lines(image="img/a.png"):
+    return "\n".join(json.dumps({"image": image, "question": q, "answer": a})
+                     for q, a in [("Is there a cat?", "Yes"), ("Is there a dog?", "No")]) + "\n"
+
+
+def test_suite_upload_as_jsonl_plus_images_or_as_zip_runs_and_reports(tiny_cobra, tmp_path):
+    up = tmp_path / "up"
+    up.mkdir()
+    (up / "suite.jsonl").write_text(_suite_lines())
+    Image.new("RGB", (32, 32), "red").save(up / "a.png")
+    result = run_uploaded_suite(tiny_cobra, [up / "suite.jsonl", up / "a.png"], tmp_path / "out")
+    assert result.report_path.is_file() and "<html" in result.report_html.lower()
+    assert "2 cases scored" in result.summary
+    archive = tmp_path / "suite.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("s/suite.jsonl", _suite_lines())
+        buffer = io.BytesIO()
+        Image.new("RGB", (32, 32), "blue").save(buffer, "PNG")
+        z.writestr("s/img/a.png", buffer.getvalue())
+    assert "2 cases scored" in run_uploaded_suite(tiny_cobra, [archive], tmp_path / "out").summary
+
+
+def test_suite_uploads_cannot_reach_outside_their_folder(tmp_path):
+    for image in ("/etc/passwd", "../secret.png", "..\\x.png"):
+        (tmp_path / "s.jsonl").write_text(_suite_lines(image))
+        work = tmp_path / f"w{abs(hash(image))}"
+        work.mkdir()
+        with pytest.raises(SuiteUploadError, match="must be relative"):
+            stage_suite([tmp_path / "s.jsonl"], work)
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../evil.jsonl", "{}")
+    (tmp_path / "w2").mkdir()
+    with pytest.raises(SuiteUploadError, match="unsafe path"):
+        stage_suite([archive], tmp_path / "w2")
+    with pytest.raises(SuiteUploadError, match="Please upload a probe suite"):
+        stage_suite([], tmp_path)
+    (tmp_path / "many.jsonl").write_text(_suite_lines() * 3)
+    (tmp_path / "w3").mkdir()
+    with pytest.raises(SuiteUploadError, match="at most 4"):
+        stage_suite([tmp_path / "many.jsonl"], tmp_path / "w3", max_cases=4)
+
+
+# --- wiring ---------------------------------------------------------------------------------------------------------
+def test_app_wires_model_calls_into_a_shared_bounded_queue_and_names_the_api(tiny_model_dir):
+    import app
+
+    demo, choice = app.build(AppConfig(model=str(tiny_model_dir), concurrency=3, queue_size=10))
+    assert not choice.is_fallback
+    fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert set(fns) == {"set_image", "chat", "regenerate", "edit", "stop", "undo", "clear", "probe", "model_info",
+                        "run_suite"}
+    for name in ("set_image", "chat", "regenerate", "edit", "probe", "run_suite"):  # model calls: one shared pool
+        assert (fns[name].concurrency_id, fns[name].concurrency_limit) == ("model", 3)
+    for name in ("stop", "undo", "clear", "model_info"):  # never wait behind replies
+        assert fns[name].concurrency_limit is None
+    assert demo._queue.max_size == 10
