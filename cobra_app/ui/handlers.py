@@ -123,6 +123,17 @@ def image_path(value) -> str | None:
     return str(value) if value else None
 
 
+def clean_text(text) -> str:
+    """Typed text -> valid Unicode: surrogate pairs sent as two code points (JSON's "\\ud83d\\ude00") are joined,
+    unpaired surrogates (which no tokenizer or UTF-8 encoder accepts) become U+FFFD. Everything else is kept as typed."""
+    text = "" if text is None else str(text)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
+
 def user_turn_index(messages: list[Message], message_index: int) -> int | None:
     """Position in the chat -> the 0-based turn of that user message (None if it is not a user message)."""
     if not 0 <= message_index < len(messages) or messages[message_index].get("role") != "user":
@@ -178,6 +189,8 @@ def _number(name: str, value, integer: bool = False) -> float:
         raise BadParams(f"{name} must be a number.")
     try:
         number = float(value)
+    except OverflowError:  # an integer too large for a float (an API client can send 10**400)
+        raise BadParams(f"{name} must be a finite number.") from None
     except (TypeError, ValueError):
         raise BadParams(f"{name} must be a number, not {str(value)[:20]!r}.") from None
     if not math.isfinite(number):
@@ -411,6 +424,7 @@ class ChatHandlers:
         """Send a message about the image. Yields (sid, chat, textbox) as the reply streams in."""
         sid = self.ensure(sid, browser_id)
         message = "" if message is None else str(message)
+        text = clean_text(message)  # what the model reads; the textbox keeps `message` as typed on failure
         if not message.strip():
             self.notify.warning("Please type a message first.")
             yield sid, self._chat(sid), message
@@ -432,7 +446,7 @@ class ChatHandlers:
             self.notify.warning(exc.user_message)
             yield sid, self._chat(sid), message
             return
-        yield from self._stream(sid, lambda: self.manager.send(sid, message, params), message)
+        yield from self._stream(sid, lambda: self.manager.send(sid, text, params), message)
 
     def regenerate(self, sid: str | None, *param_values, browser_id: str | None = None):
         """A new reply to the last message. Yields (sid, chat)."""
@@ -457,7 +471,7 @@ class ChatHandlers:
     def edit_turn(self, turn, new_text, sid: str | None, *param_values, browser_id: str | None = None):
         """Replace user message `turn` (0-based), drop what followed it and reply anew. Yields (sid, chat)."""
         sid = self.ensure(sid, browser_id)
-        new_text = message_text(new_text)
+        new_text = clean_text(message_text(new_text))
         try:
             turn = int(_number("The message number", turn, integer=True))
         except BadParams as exc:
@@ -512,7 +526,7 @@ class ChatHandlers:
     def probe(self, image_path: str | None, question: str | None, sid: str | None, browser_id: str | None = None):
         """P(Yes)/P(No) for a question about the current image. Returns (sid, {"Yes": p, "No": q} or None, text)."""
         sid = self.ensure(sid, browser_id)
-        question = "" if question is None else str(question)
+        question = clean_text(question)
         if not question.strip():
             self.notify.warning("Please type a yes/no question to probe.")
             return sid, None, ""
