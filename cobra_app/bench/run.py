@@ -37,6 +37,7 @@ class Results:
     def add(self, key: str, value: float, unit: str, note: str = "") -> float:
         self.figures[key] = value
         self.rows.append((key, value, unit, note))
+        print(f"  measured {key} = {value:.4g} {unit} {note}", flush=True)  # progress, and figures survive a kill
         return value
 
 
@@ -111,8 +112,7 @@ def measure_turns(cobra: Cobra, args: argparse.Namespace, res: Results) -> None:
     release: list[float | None] = [None] * args.turns
     for turn in sorted({0, 1, 3, 7, args.turns - 1} & set(range(args.turns))):
         # the release re-encodes the image and re-reads every token of the conversation before answering
-        ids = random_ids(context[turn] - cobra.vlm.projector.num_output_tokens(cobra.config.vision.num_patches),
-                         cobra.vocab_size, turn).to(cobra.device)
+        ids = random_ids(context[turn], cobra.vocab_size, turn).to(cobra.device)  # context counts text tokens
         pixels = {k: v[None] for k, v in cobra.vlm.image_transform(image).items()}
         release[turn] = median_seconds(lambda: cobra.vlm.prefill(ids, cobra.vlm.encode_images(pixels)), 1, 0)
     res.per_turn = {"sessions_ttft_s": ours, "release_ttft_s": release, "context_tokens": context}
