@@ -36,9 +36,12 @@ from cobra_app.demo.conversations import (
     _a,
     _absent_pairs,
 )
-from cobra_app.demo.model_config import IMAGE_SIZE
+from cobra_app.demo.model_config import DEMO_VISION_ID
 from cobra_app.demo.scenes import RELATIONS, Scene, relation_holds, render, sample_scene
+from cobra_app.model.vision import VISION_BACKBONES
 from cobra_app.probe.scoring import answers_for
+
+IMAGE_SIZE = VISION_BACKBONES[DEMO_VISION_ID].image_size  # the demo model's input size
 
 DEFAULT_OUT = Path("assets/probes")
 PROBE_SEED = 6

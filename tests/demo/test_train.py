@@ -1,0 +1,141 @@
+"""Spec: demo training feeds exactly the inference format, puts loss on assistant tokens only, batches exactly, and
+learns (a few steps of a tiny model; CI never runs the full training)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cobra_app.demo import train as T
+from cobra_app.demo.conversations import QA, iter_training_examples
+from cobra_app.demo.model_config import demo_config, tiny_config
+from cobra_app.demo.scenes import render
+from cobra_app.demo.tokenizer import build_demo_tokenizer
+from cobra_app.prompting import TurnTokenizer, get_prompt_builder
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_demo_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tokens(tokenizer):
+    return TurnTokenizer(tokenizer, get_prompt_builder("zephyr"))
+
+
+TWO_TURNS = [QA("What colour is the circle?", "Red.", "colour"), QA("And the square?", "Blue.", "colour")]
+
+
+def test_rows_use_the_inference_turn_format(tokens):
+    ids, assistant = T.encode_turns(TWO_TURNS, tokens)
+    expected = (tokens.user_turn_ids(TWO_TURNS[0].question, first=True) + tokens.assistant_turn_ids("Red.")
+                + tokens.user_turn_ids(TWO_TURNS[1].question, first=False) + tokens.assistant_turn_ids("Blue."))
+    assert ids == expected
+    assert tokens.tokenizer.decode(ids) == (
+        "<|user|>\nWhat colour is the circle?<|endoftext|>\n<|assistant|>\nRed.<|endoftext|>"
+        "\n<|user|>\nAnd the square?<|endoftext|>\n<|assistant|>\nBlue.<|endoftext|>"
+    )
+    assert len(assistant) == len(ids)
+
+
+def test_loss_mask_covers_exactly_the_assistant_tokens_and_their_eos(tokens):
+    ids, assistant = T.encode_turns(TWO_TURNS, tokens)
+    labels = T.labels_for(ids, assistant)
+    targets = [t + 1 for t, label in enumerate(labels) if label != T.IGNORE]  # positions whose token gets a loss
+    assert [ids[t] for t in targets] == tokens.assistant_turn_ids("Red.") + tokens.assistant_turn_ids("Blue.")
+    assert tokens.tokenizer.decode([ids[t] for t in targets]) == "Red.<|endoftext|>Blue.<|endoftext|>"
+    assert all(labels[t - 1] == ids[t] for t in targets)
+    # nothing of the user turns (their EOS and the assistant header included) is a target
+    user_positions = {t for t, a in enumerate(assistant) if not a}
+    assert not user_positions & set(targets)
+    assert labels[-1] == T.IGNORE
+
+
+def test_follow_ups_are_recognised():
+    assert T.is_follow_up("And the square?") and T.is_follow_up("What about a red circle?")
+    assert not T.is_follow_up("What colour is the square?") and not T.is_follow_up("What is in the image?")
+
+
+def test_rows_keep_follow_ups_in_context():
+    rng = np.random.default_rng(0)
+    assert T.rows_for_conversation(TWO_TURNS, rng, multi_turn_prob=1.0) == [TWO_TURNS]
+    assert T.rows_for_conversation(TWO_TURNS, rng, multi_turn_prob=0.0) == [TWO_TURNS[:1]]
+
+
+def test_chunk_plan_covers_every_row_and_only_running_rows():
+    lengths = [40, 33, 20, 20, 18, 3]
+    plan = T.chunk_plan(lengths, min_chunk=8)
+    assert plan[0][0] == 0 and plan[-1][1] == 40
+    assert all(a[1] == b[0] for a, b in zip(plan, plan[1:]))  # contiguous
+    for start, end, active in plan:
+        assert active == sum(n > start for n in lengths)
+        assert end - start >= 8 or end == 40
+
+
+def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, tokens):
+    """Rows continuing from their scene's image state, in chunks, give the loss of [image + text] per row."""
+    config = tiny_config(len(tokenizer))
+    vlm = T.build_model(config, seed=0)
+    examples = [ex for ex, _ in zip(iter_training_examples(3), range(4))]
+    rows = [(i, turns) for i, (_, conv) in enumerate(examples) for turns in ([conv[:1]] + [conv] * (len(conv) > 1))]
+    batch = T.make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform, config.vision.image_size,
+                         min_chunk=4)
+    assert len(batch.chunks) > 1 and batch.lengths == sorted(batch.lengths, reverse=True)
+    loss = T.batch_loss(vlm, batch)
+
+    total, count = 0.0, 0
+    for scene_idx, turns in rows:
+        ids, assistant = T.encode_turns(turns, tokens)
+        labels = torch.tensor(T.labels_for(ids, assistant))
+        pixels = vlm.image_transform(render(examples[scene_idx][0], config.vision.image_size))
+        logits = vlm({k: v[None] for k, v in pixels.items()}, torch.tensor([ids]))[0]
+        total += F.cross_entropy(logits, labels, ignore_index=T.IGNORE, reduction="sum").item()
+        count += int((labels != T.IGNORE).sum())
+    assert count == batch.num_label_tokens
+    assert loss.item() == pytest.approx(total / count, rel=1e-5)  # the same sums, in another order (fp32)
+
+
+def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path):
+    from cobra_app.loading import load
+
+    cfg = T.TrainConfig(steps=40, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0)
+    out = tmp_path / "tiny-model"
+    result = T.train(cfg, out, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    losses = [e["loss"] for e in result.log]
+    assert result.steps_done == 40 and result.stopped_by == "steps"
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]
+    log = [json.loads(line) for line in (out / T.LOG_FILE).read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, 41))
+    info = json.loads((out / T.INFO_FILE).read_text())
+    assert info["steps_done"] == 40 and info["weights_bytes"] > 0
+    loaded = load(out, device="cpu")
+    assert loaded.config == result.vlm.config
+    for (name, a), b in zip(result.vlm.state_dict().items(), loaded.vlm.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_time_budget_stops_gracefully_and_saves(tokenizer, tmp_path):
+    cfg = T.TrainConfig(steps=10_000, rows_per_batch=4, max_minutes=0.0, monitor_every=0)
+    result = T.train(cfg, tmp_path / "m", config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    assert result.stopped_by == "time" and result.steps_done == 0
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = T.TrainConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert T.lr_at(cfg, 0, 0.0) == pytest.approx(1e-4)
+    assert T.lr_at(cfg, 10, 0.0) == pytest.approx(1e-3)
+    assert T.lr_at(cfg, 50, 0.5) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert T.lr_at(cfg, 99, 1.0) == pytest.approx(1e-4)
+
+
+def test_demo_config_fits_the_size_budget(tokenizer):
+    config = demo_config(len(tokenizer))
+    vlm = T.build_model(config, seed=0)
+    params = sum(p.numel() for p in vlm.parameters() if p is not vlm.llm.lm_head.weight)
+    assert params * 4 <= 25e6  # fp32 safetensors
+    assert config.prompt_format == "zephyr" and config.arch_specifier.endswith("fused-gelu-mlp")
+    assert len(config.vision.branches) == 2  # DINOv2-style and SigLIP-style ViTs, fused
