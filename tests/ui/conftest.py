@@ -25,3 +25,30 @@ def tiny_model_dir(tmp_path_factory):
 def app_model_dir(tiny_model_dir):
     """What launched apps serve: the offline demo model (the app's real fallback) when present."""
     return DEMO_MODEL if DEMO_MODEL.is_dir() else tiny_model_dir
+
+
+MAX_BYTES, MAX_PIXELS = 2 * 10**6, 4 * 10**6  # the image caps of the handler tests
+
+
+@pytest.fixture
+def notes():
+    """Records the notices the handlers raise (instead of Gradio's toasts)."""
+    from cobra_app.ui.handlers import RecordingNotifier
+
+    return RecordingNotifier()
+
+
+@pytest.fixture
+def manager(tiny_cobra):
+    from cobra_app.sessions import SessionManager
+
+    return SessionManager(tiny_cobra, memory_budget_bytes=50 * 10**6, max_context_tokens=200)
+
+
+@pytest.fixture
+def ui(manager, notes):
+    """The handler layer the UI and the API call, on the tiny model."""
+    from cobra_app.ui.handlers import ChatHandlers
+    from cobra_app.ui.images import ImageLimits
+
+    return ChatHandlers(manager, notifier=notes, image_limits=ImageLimits(max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS))

@@ -4,13 +4,10 @@ and leave the user's input where it was."""
 import pytest
 from PIL import Image
 
-from cobra_app.sessions import SessionManager
 from cobra_app.ui.handlers import (
     EMPTY_REPLY,
     BadParams,
-    ChatHandlers,
     ParamLimits,
-    RecordingNotifier,
     format_bytes,
     format_speed,
     image_path,
@@ -20,25 +17,10 @@ from cobra_app.ui.handlers import (
     render_chat,
     user_turn_index,
 )
-from cobra_app.ui.images import ImageLimits
 from tests.helpers import sample_image
 
 GREEDY = (8, 1.0, 1.0, 0, 1.0, True)  # max new tokens, temperature, top-p, top-k, repetition penalty, greedy
 
-
-@pytest.fixture
-def notes():
-    return RecordingNotifier()
-
-
-@pytest.fixture
-def manager(tiny_cobra):
-    return SessionManager(tiny_cobra, memory_budget_bytes=50 * 10**6, max_context_tokens=200)
-
-
-@pytest.fixture
-def ui(manager, notes):
-    return ChatHandlers(manager, notifier=notes, image_limits=ImageLimits(max_bytes=2 * 10**6, max_pixels=4 * 10**6))
 
 
 @pytest.fixture

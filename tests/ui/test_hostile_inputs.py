@@ -18,28 +18,11 @@ import pytest
 from PIL import Image, ImageFile
 
 from cobra_app.prompting.tokenization import EOS
-from cobra_app.sessions import SessionManager
-from cobra_app.ui.handlers import ChatHandlers, RecordingNotifier
-from cobra_app.ui.images import ImageLimits
 from tests.helpers import sample_image
+from tests.ui.conftest import MAX_BYTES
 
 GREEDY = (4, 1.0, 1.0, 0, 1.0, True)  # max new tokens, temperature, top-p, top-k, repetition penalty, greedy
-MAX_BYTES, MAX_PIXELS = 2 * 10**6, 4 * 10**6
 
-
-@pytest.fixture
-def notes():
-    return RecordingNotifier()
-
-
-@pytest.fixture
-def manager(tiny_cobra):
-    return SessionManager(tiny_cobra, memory_budget_bytes=50 * 10**6, max_context_tokens=200)
-
-
-@pytest.fixture
-def ui(manager, notes):
-    return ChatHandlers(manager, notifier=notes, image_limits=ImageLimits(max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS))
 
 
 @pytest.fixture
