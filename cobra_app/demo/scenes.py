@@ -143,3 +143,14 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     image = Image.alpha_composite(background, shapes.resize((size, size), Image.Resampling.BOX)).convert("RGB")
     pixels = np.asarray(image, np.float32) + scene.grain * rng.normal(size=(size, size, 3))
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
+def object_map(scene: Scene, size: int = 64) -> np.ndarray:
+    """[size, size] uint8: 1 + the index (in `scene.objects`) of the object covering each pixel, 0 for background.
+    Same geometry as `render`, without antialiasing."""
+    image = Image.new("L", (size, size))
+    draw = ImageDraw.Draw(image)
+    for k, o in enumerate(scene.objects):
+        r = o.size * size
+        draw.polygon([(o.x * size + r * u, o.y * size + r * v) for u, v in SHAPES[o.shape]], fill=k + 1)
+    return np.asarray(image)

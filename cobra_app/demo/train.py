@@ -1,6 +1,8 @@
 """Train the offline demo Cobra on synthetic scenes (issue 4): `python -m cobra_app.demo.train --out assets/demo-model`.
 
-The release's single-stage recipe in miniature, with the vision tower trained too (there is no pretrained one):
+Stage 1, the vision warm-up (`warm_up_vision`): the release starts from pretrained DINOv2 and SigLIP towers; ours start
+from scratch, so they first learn alone to name the shape and colour under each patch (a linear head, then discarded).
+Stage 2, the release's single-stage recipe in miniature, with the vision tower trained too (at `vision_lr_scale`):
 each example is [image patches] + the per-turn Zephyr token ids exactly as inference builds them
 (`TurnTokenizer.user_turn_ids` / `assistant_turn_ids`), and the loss covers the assistant tokens only (their EOS included).
 
@@ -31,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from cobra_app.demo.conversations import FOLLOW_UPS, QA, iter_training_examples, make_eval_set
 from cobra_app.demo.model_config import demo_config
-from cobra_app.demo.scenes import Scene, render
+from cobra_app.demo.scenes import COLOURS, SHAPES, Scene, object_map, render, sample_scene
 from cobra_app.demo.tokenizer import build_demo_tokenizer
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 from cobra_app.model.mamba import LayerState, MambaState
@@ -69,6 +71,12 @@ class TrainConfig:
     monitor_items: int = 180
     d_model: int | None = None  # override the demo config's Mamba width / depth (None = model_config defaults)
     n_layer: int | None = None
+    d_state: int | None = None
+    # stage 1, the vision warm-up (the release starts from pretrained DINOv2 / SigLIP; ours start from scratch)
+    vision_steps: int = 300
+    vision_lr: float = 1e-3
+    vision_images: int = 64  # scenes per vision warm-up step
+    vision_lr_scale: float = 0.25  # stage 2 trains the tower too, more gently than the language model
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -248,6 +256,73 @@ def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, image_size: in
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# stage 1: vision warm-up on per-patch scene labels
+
+SHAPE_CLASSES = ("background", *SHAPES)  # per-patch targets of the vision warm-up
+COLOUR_CLASSES = ("background", *COLOURS)
+VISION_STREAM = 2  # seed-sequence key of the warm-up's scenes (the VLM stage draws from TRAIN_STREAM)
+
+
+def patch_targets(scene: Scene, image_size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch labels, row-major like the ViT's patch tokens: (shape class [grid²], colour class [grid²]) of the
+    object covering most pixels of each patch (indices into SHAPE_CLASSES / COLOUR_CLASSES; 0 = background)."""
+    patch = image_size // grid
+    owners = object_map(scene, image_size).reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
+    owners = owners.reshape(grid * grid, patch * patch)  # [P, pixels] object index + 1 (0 = background)
+    counts = np.stack([(owners == k + 1).sum(1) for k in range(len(scene.objects))], 1)  # [P, objects]
+    owner = np.where(counts.max(1) > 0, counts.argmax(1) + 1, 0)  # [P]
+    shape_of = np.array([0] + [SHAPE_CLASSES.index(o.shape) for o in scene.objects])
+    colour_of = np.array([0] + [COLOUR_CLASSES.index(o.colour) for o in scene.objects])
+    return shape_of[owner], colour_of[owner]
+
+
+class WarmUpHead(nn.Module):
+    """Linear read-out of the vision warm-up (discarded afterwards): the shape and colour under each patch."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.patch = nn.Linear(embed_dim, len(SHAPE_CLASSES) + len(COLOUR_CLASSES))
+
+    def loss(self, features: Tensor, shapes: Tensor, colours: Tensor) -> Tensor:
+        """features [B, P, C]; shapes, colours [B, P] class indices -> summed mean cross-entropies."""
+        shape_logits, colour_logits = self.patch(features).split([len(SHAPE_CLASSES), len(COLOUR_CLASSES)], dim=-1)
+        return (F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
+                + F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten()))
+
+
+def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadline: float | None = None) -> list[dict]:
+    """Stage 1: train the vision tower alone to name the shape and colour under each patch (`WarmUpHead`), the
+    stand-in for the release's pretrained DINOv2 / SigLIP. Only the tower's weights change. Stops early at `deadline`
+    (a `time.monotonic()` value). Returns the loss log."""
+    vision, image_size = vlm.vision_backbone, vlm.config.vision.image_size
+    grid = image_size // vlm.config.vision.branches[0].patch_size  # patches per side
+    head = WarmUpHead(vision.embed_dim)
+    params = [*vision.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([cfg.seed, VISION_STREAM])
+    schedule = TrainConfig(lr=cfg.vision_lr, warmup_steps=min(50, cfg.vision_steps), min_lr_ratio=cfg.min_lr_ratio)
+    log = []
+    for step in tqdm(range(cfg.vision_steps), disable=not progress, dynamic_ncols=True, desc="vision warm-up"):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        cosine_progress = (step - schedule.warmup_steps) / max(cfg.vision_steps - schedule.warmup_steps, 1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(schedule, step, cosine_progress)
+        scenes = [sample_scene(rng) for _ in range(cfg.vision_images)]
+        pixels = [vlm.image_transform(render(scene, image_size)) for scene in scenes]
+        targets = [patch_targets(scene, image_size, grid) for scene in scenes]
+        shapes, colours = (torch.from_numpy(np.stack(t)) for t in zip(*targets))  # [B, P] each
+        features = vision({name: torch.stack([p[name] for p in pixels]) for name in pixels[0]})  # [B, P, C]
+        loss = head.loss(features, shapes, colours)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        log.append({"vision_step": step + 1, "loss": round(loss.item(), 5)})
+    return log
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # optimisation
 
 
@@ -255,14 +330,17 @@ NO_DECAY_SUFFIXES = ("A_log", "D", "bias", "norm.weight", "norm_f.weight", "pos_
                      "conv1d.weight", "gamma")
 
 
-def param_groups(vlm: CobraVLM, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on matrices only (not on norms, biases, SSM parameters, embeddings of position)."""
-    decay, no_decay = [], []
+def param_groups(vlm: CobraVLM, weight_decay: float, vision_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: weight decay on matrices only (not on norms, biases, SSM parameters, embeddings of position);
+    the vision tower's learning rate scaled by `vision_lr_scale` (group key "lr_scale")."""
+    groups: dict[tuple[bool, bool], list] = {(v, d): [] for v in (False, True) for d in (True, False)}
     for name, p in vlm.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith(NO_DECAY_SUFFIXES) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if p.requires_grad:
+            decay = p.ndim >= 2 and not name.endswith(NO_DECAY_SUFFIXES)
+            groups[(name.startswith("vision_backbone."), decay)].append(p)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+             "lr_scale": vision_lr_scale if vision else 1.0}
+            for (vision, decay), params in groups.items() if params]
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -287,7 +365,8 @@ class TrainResult:
     steps_done: int
     wall_seconds: float
     stopped_by: str  # "steps" | "time"
-    log: list[dict] = field(default_factory=list)
+    log: list[dict] = field(default_factory=list)  # stage 2 (VLM), one entry per step
+    vision_log: list[dict] = field(default_factory=list)  # stage 1 (vision warm-up)
 
 
 def train(
@@ -301,16 +380,17 @@ def train(
     t0 = time.monotonic()
     torch.set_num_threads(cfg.threads)
     tokenizer = tokenizer or build_demo_tokenizer()
-    overrides = {k: v for k, v in (("d_model", cfg.d_model), ("n_layer", cfg.n_layer)) if v is not None}
+    overrides = {k: v for k in ("d_model", "n_layer", "d_state") if (v := getattr(cfg, k)) is not None}
     config = config or demo_config(len(tokenizer), **overrides)
     tokens = TurnTokenizer(tokenizer, get_prompt_builder(config.prompt_format))
     vlm = build_model(config, cfg.seed).train()
+    budget = cfg.max_minutes * 60
+    reserve = 20.0  # seconds kept for saving
+    vision_log = warm_up_vision(vlm, cfg, progress, deadline=t0 + budget - reserve) if cfg.vision_steps else []
     image_size = config.vision.image_size
     stream = BatchStream(cfg.seed, tokens, vlm.image_transform, image_size, cfg)
     monitor_items = make_eval_set(MONITOR_SEED, cfg.monitor_items) if cfg.monitor_every else []
-    optimizer = torch.optim.AdamW(param_groups(vlm, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-    budget = cfg.max_minutes * 60
-    reserve = 20.0  # seconds kept for saving
+    optimizer = torch.optim.AdamW(param_groups(vlm, cfg.weight_decay, cfg.vision_lr_scale), lr=cfg.lr, betas=cfg.betas)
     log_file = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -331,14 +411,14 @@ def train(
             time_progress = (elapsed - (train_start - t0)) / max(budget - reserve - (train_start - t0), 1)
             lr = lr_at(cfg, step, max(step_progress, time_progress if step >= cfg.warmup_steps else 0.0))
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             batch = next(stream)
             loss = batch_loss(vlm, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(vlm.parameters(), cfg.grad_clip))
             optimizer.step()
-            value = float(loss)
+            value = loss.item()
             ema = value if ema is None else 0.95 * ema + 0.05 * value
             entry = {"step": step + 1, "loss": round(value, 5), "lr": lr, "grad_norm": round(grad_norm, 4),
                      "rows": len(batch.lengths), "scenes": int(batch.row_scene.max()) + 1,
@@ -359,7 +439,7 @@ def train(
             log_file.close()
     steps_done = len(log)
     vlm.eval()
-    result = TrainResult(vlm, steps_done, time.monotonic() - t0, stopped_by, log)
+    result = TrainResult(vlm, steps_done, time.monotonic() - t0, stopped_by, log, vision_log)
     if out_dir is not None:
         save(result, cfg, tokenizer, Path(out_dir), time.monotonic() - train_start)
     return result
@@ -380,6 +460,7 @@ def save(result: TrainResult, cfg: TrainConfig, tokenizer, out_dir: Path, train_
         "train_loop_seconds": round(train_seconds, 1),
         "parameters": sum(p.numel() for p in result.vlm.parameters()),
         "weights_bytes": (out_dir / "model.safetensors").stat().st_size,
+        "vision_warm_up_loss_last_50": _mean([e["loss"] for e in result.vision_log][-50:]),
         "loss_first_50": _mean(losses[:50]),
         "loss_last_50": _mean(losses[-50:]),
         "monitor": [{"step": e["step"], **e["monitor"]} for e in result.log if "monitor" in e],
@@ -408,14 +489,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--multi-turn-prob", type=float, default=defaults.multi_turn_prob)
     p.add_argument("--threads", type=int, default=defaults.threads)
     p.add_argument("--monitor-every", type=int, default=defaults.monitor_every, help="0 = no held-out checks")
+    p.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="stage 1 steps (0 = skip)")
     p.add_argument("--d-model", type=int, default=None)
     p.add_argument("--n-layer", type=int, default=None)
+    p.add_argument("--d-state", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     cfg = dataclasses.replace(
         defaults, seed=args.seed, steps=args.steps, max_minutes=args.max_minutes, rows_per_batch=args.rows_per_batch,
         lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps), multi_turn_prob=args.multi_turn_prob,
         threads=args.threads, monitor_every=args.monitor_every, d_model=args.d_model, n_layer=args.n_layer,
+        d_state=args.d_state, vision_steps=args.vision_steps,
     )
     return args, cfg
 

@@ -67,19 +67,30 @@ class BatchedStepper:
         return request.logits, request.new_state
 
     def _run(self, batch: list[_Request]) -> None:
-        """One model step for every request in `batch`; an error is reported to each of them."""
+        """One model step for every request in `batch`. When a batched step fails, each row is retried alone, so an
+        error caused by one conversation reaches that conversation only."""
         try:
-            states = MambaState.stack([r.state for r in batch]) if len(batch) > 1 else batch[0].state
-            with self.model_lock, torch.no_grad():
-                logits, new_state = self.lm.step(torch.cat([r.input_ids for r in batch]), states)
-            rows = new_state.unstack([r.state.seqlen + 1 for r in batch])
-            for i, request in enumerate(batch):
-                request.logits, request.new_state = logits[i : i + 1], rows[i]
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller, re-raised there
-            for request in batch:
-                request.error = exc
+            self._step(batch)
+        except BaseException as exc:  # noqa: BLE001 - handed to the failing callers, re-raised there
+            if len(batch) == 1 or not isinstance(exc, Exception):  # KeyboardInterrupt & co. end every row
+                for request in batch:
+                    request.error = exc
+            else:
+                for request in batch:
+                    try:
+                        self._step([request])
+                    except Exception as row_exc:  # noqa: BLE001 - re-raised in this request's caller
+                        request.error = row_exc
         finally:
             for request in batch:
                 request.done = True
             self.batches += 1
             self.rows += len(batch)
+
+    def _step(self, batch: list[_Request]) -> None:
+        states = MambaState.stack([r.state for r in batch]) if len(batch) > 1 else batch[0].state
+        with self.model_lock, torch.no_grad():
+            logits, new_state = self.lm.step(torch.cat([r.input_ids for r in batch]), states)
+        rows = new_state.unstack([r.state.seqlen + 1 for r in batch])
+        for i, request in enumerate(batch):
+            request.logits, request.new_state = logits[i : i + 1], rows[i]

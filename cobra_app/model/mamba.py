@@ -178,17 +178,17 @@ class MambaMixer(nn.Module):
 
     def forward(self, h: Tensor, state: LayerState, ops: MambaOps) -> tuple[Tensor, LayerState]:
         """h [B, L, d] (weight dtype) on top of `state` -> (out [B, L, d], new LayerState)."""
-        xz = self.in_proj(h).transpose(1, 2)  # [B, 2D, L]
+        xz = ops.linear(h, self.in_proj.weight).transpose(1, 2)  # [B, 2D, L]
         x, z = xz.chunk(2, dim=1)  # [B, D, L] each
         x, conv_state = ops.causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv)  # [B, D, L]
-        x_dbl = self.x_proj(x.transpose(1, 2))  # [B, L, R + 2N]
+        x_dbl = ops.linear(x.transpose(1, 2), self.x_proj.weight)  # [B, L, R + 2N]
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # [B, D, L]; bias + softplus happen inside the scan
+        dt = ops.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, D, L]; bias + softplus happen inside the scan
         A = -torch.exp(self.A_log.float())  # [D, N]
         y, ssm_state = ops.selective_scan(
             x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z, self.dt_proj.bias, state.ssm
         )  # y [B, D, L]
-        return self.out_proj(y.transpose(1, 2)), LayerState(conv_state, ssm_state)
+        return ops.linear(y.transpose(1, 2), self.out_proj.weight), LayerState(conv_state, ssm_state)
 
 
 class Block(nn.Module):
@@ -319,7 +319,7 @@ class MambaLM(nn.Module):
         if logits_to_keep:
             residual = residual[:, -logits_to_keep:]
         h = self.backbone.norm_f(residual).to(self.dtype)
-        logits = self.lm_head(h).float()  # [B, L', V]
+        logits = ops.linear(h, self.lm_head.weight).float()  # [B, L', V]
         return logits, MambaState(new_layers, state.seqlen + x.shape[1])
 
     def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from cobra_app.demo import train as T
 from cobra_app.demo.conversations import QA, iter_training_examples
 from cobra_app.demo.model_config import demo_config, tiny_config
-from cobra_app.demo.scenes import render
+from cobra_app.demo.scenes import Scene, SceneObject, render
 from cobra_app.demo.tokenizer import build_demo_tokenizer
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
 
@@ -101,7 +101,8 @@ def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, token
 def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path):
     from cobra_app.loading import load
 
-    cfg = T.TrainConfig(steps=40, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0)
+    cfg = T.TrainConfig(steps=40, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0, vision_steps=5,
+                        vision_images=8)
     out = tmp_path / "tiny-model"
     result = T.train(cfg, out, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
     losses = [e["loss"] for e in result.log]
@@ -120,7 +121,7 @@ def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_pa
 def test_time_budget_stops_gracefully_and_saves(tokenizer, tmp_path):
     cfg = T.TrainConfig(steps=10_000, rows_per_batch=4, max_minutes=0.0, monitor_every=0)
     result = T.train(cfg, tmp_path / "m", config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
-    assert result.stopped_by == "time" and result.steps_done == 0
+    assert result.stopped_by == "time" and result.steps_done == 0 and result.vision_log == []
     assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
@@ -139,3 +140,24 @@ def test_demo_config_fits_the_size_budget(tokenizer):
     assert params * 4 <= 25e6  # fp32 safetensors
     assert config.prompt_format == "zephyr" and config.arch_specifier.endswith("fused-gelu-mlp")
     assert len(config.vision.branches) == 2  # DINOv2-style and SigLIP-style ViTs, fused
+
+
+def test_patch_targets_name_the_object_under_each_patch():
+    circle = SceneObject("circle", "red", size=0.2, x=0.25, y=0.25)  # centred in the top-left quadrant
+    cross = SceneObject("cross", "blue", size=0.2, x=0.75, y=0.75)
+    scene = Scene((circle, cross), background=(245, 245, 245), texture=0.0, grain=0.0, noise_seed=0)
+    shapes, colours = T.patch_targets(scene, image_size=64, grid=4)  # 16-pixel patches, row-major
+    names = [T.SHAPE_CLASSES[s] for s in shapes]
+    assert names[0] == names[5] == "circle" and names[15] == names[10] == "cross"
+    assert names[3] == names[12] == "background"
+    assert [T.COLOUR_CLASSES[c] for c in colours[[0, 5, 10, 15, 3]]] == ["red", "red", "blue", "blue", "background"]
+    assert ((shapes == 0) == (colours == 0)).all()
+
+
+def test_vision_warm_up_trains_the_tower_only(tokenizer):
+    vlm = T.build_model(tiny_config(len(tokenizer)), seed=0)
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    log = T.warm_up_vision(vlm, T.TrainConfig(vision_steps=30, vision_images=16, vision_lr=3e-3), progress=False)
+    assert len(log) == 30 and np.mean([e["loss"] for e in log[-5:]]) < 0.7 * log[0]["loss"]
+    changed = {k for k, v in vlm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("vision_backbone.") for k in changed)

@@ -102,3 +102,45 @@ def test_an_error_reaches_every_caller_and_the_stepper_recovers(lm):
     assert errors == ["model failure"] * 4
     stepper.lm = lm
     assert stepper.step(torch.tensor([3]), state)[0].shape == (1, CFG.padded_vocab_size)
+
+
+def test_an_error_caused_by_one_conversation_reaches_only_that_conversation(lm):
+    """A batched step that fails is retried row by row: the other callers get their exact results."""
+
+    class FailsOnToken:
+        def __init__(self, lm, bad_token):
+            self.lm, self.bad_token, self.failed_batches = lm, bad_token, 0
+
+        def step(self, ids, state):
+            time.sleep(0.2 if ids.tolist() == [5] else 0.01)  # the first caller keeps the stepper busy a while
+            if (ids == self.bad_token).any():
+                self.failed_batches += len(ids) > 1
+                raise RuntimeError("model failure on this input")
+            return self.lm.step(ids, state)
+
+    model = FailsOnToken(lm, bad_token=13)
+    stepper = BatchedStepper(model, max_batch=8)
+    with torch.no_grad():
+        _, state = lm(torch.tensor([[1, 2, 3]]))
+    outcomes: dict[int, object] = {}
+
+    def run(token):
+        try:
+            outcomes[token] = stepper.step(torch.tensor([token]), state)
+        except RuntimeError as exc:
+            outcomes[token] = exc
+
+    first = threading.Thread(target=run, args=(5,))
+    first.start()
+    time.sleep(0.05)  # 5 is running alone; 13, 7 and 9 pile up into one batch behind it
+    others = [threading.Thread(target=run, args=(t,)) for t in (13, 7, 9)]
+    for t in others:
+        t.start()
+    for t in (first, *others):
+        t.join()
+    assert model.failed_batches == 1  # the failing token shared a batch with 7 and 9
+    assert isinstance(outcomes[13], RuntimeError)
+    for token in (5, 7, 9):
+        logits, new_state = outcomes[token]
+        ref, ref_state = lm.step(torch.tensor([token]), state)
+        assert torch.allclose(logits, ref, rtol=1e-5, atol=1e-6) and new_state.max_abs_diff(ref_state) <= 1e-5

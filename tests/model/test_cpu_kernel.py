@@ -289,3 +289,58 @@ def test_lm_kernel_equals_torch_ops(kernel_selected):
     assert state.max_abs_diff(state_ref) <= 1e-5
     for name, g in grads_k.items():
         assert tm.rel_err(g, grads_ref[name]) <= GRAD_RTOL, name
+
+
+# The bf16 decode projections (linear_cpu.cpp).
+
+
+@pytest.fixture
+def linear_kernel(kernel_ops):
+    if not torch.ops.cobra_linear.available():
+        pytest.skip("this CPU has no AVX-512 BF16: decode projections stay on F.linear")
+    return kernel_ops.linear
+
+
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 2560, 1024), (1, 160, 77), (3, 37, 65), (8, 5120, 33), (5, 96, 2)])
+def test_linear_equals_the_fp32_product_rounded_once(linear_kernel, rows, k, n):
+    """fp32 accumulation of bf16 products, one rounding to bf16: within half a bf16 ulp of the exact product
+    (plus fp32 summation error), and never further from it than torch's own bf16 F.linear."""
+    g = torch.Generator().manual_seed(rows * 1000 + k)
+    x = torch.randn(rows, 1, k, generator=g).to(torch.bfloat16)
+    w = torch.randn(n, k, generator=g).to(torch.bfloat16)
+    exact = torch.nn.functional.linear(x.double(), w.double())  # [rows, 1, n]
+    out = linear_kernel(x, w)
+    assert out.shape == (rows, 1, n) and out.dtype == torch.bfloat16
+    magnitude = torch.nn.functional.linear(x.double().abs(), w.double().abs())
+    bound = exact.abs() * 2.0**-8 + magnitude * 2.0**-20  # half a bf16 ulp (<= |y| 2^-8) + fp32 summation error
+    assert ((out.double() - exact).abs() <= bound).all()
+    torch_err = (torch.nn.functional.linear(x, w).double() - exact).abs().max()
+    assert (out.double() - exact).abs().max() <= torch_err + magnitude.max() * 2.0**-20
+
+
+def test_linear_falls_back_to_f_linear_outside_decode_shapes(linear_kernel):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 96, generator=g).to(torch.bfloat16)
+    for x in (torch.randn(9, 96, generator=g).to(torch.bfloat16),  # more rows than a decode batch
+              torch.randn(2, 96, generator=g),  # fp32
+              torch.randn(2, 96, generator=g).to(torch.bfloat16).requires_grad_()):  # training
+        expected = torch.nn.functional.linear(x, w.to(x.dtype))
+        assert torch.equal(linear_kernel(x, w.to(x.dtype)), expected)
+
+
+def test_bf16_decode_with_the_kernel_matches_torch_ops(kernel_selected):
+    """Greedy decoding in bf16: the kernel path's logits stay within the bf16 bound of the PyTorch operators."""
+    ids = torch.randint(0, tm.TINY.vocab_size, (2, 12), generator=torch.Generator().manual_seed(5))
+    results = []
+    for ops in (kernel_selected, TORCH_OPS):
+        lm = tm.tiny_lm().cast(torch.bfloat16)
+        lm.ops_override = ops
+        with torch.no_grad():
+            _, state = lm(ids)
+            token, steps = ids[:, -1], []
+            for _ in range(6):
+                logits, state = lm.step(token, state)
+                steps.append(logits)
+                token = logits.argmax(-1)
+        results.append(torch.stack(steps))
+    assert tm.rel_err(*results) <= 1e-2

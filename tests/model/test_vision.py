@@ -8,11 +8,13 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from timm.layers import HybridEmbed
 from timm.models.vision_transformer import VisionTransformer
 
 from cobra_app.model import vision
 from cobra_app.model.vision import (
     VISION_BACKBONES,
+    ConvStem,
     VisionBackboneConfig,
     ViTBranchConfig,
     build_vision_backbone,
@@ -132,7 +134,6 @@ STRUCTURAL = [
     "class_token",
     "reg_tokens",
     "no_embed_class",
-    "init_values",
     "act_layer",
     "global_pool",
     "mlp_ratio",
@@ -148,6 +149,31 @@ def test_offline_configs_keep_each_family_structure(backbone_id):
     for small, real in zip(cfg.branches, REAL.branches):
         assert small.timm_model_name is None
         assert {f: getattr(small, f) for f in STRUCTURAL} == {f: getattr(real, f) for f in STRUCTURAL}
+        assert (small.init_values is None) == (real.init_values is None)  # layer scale where the family has it
+
+
+def test_conv_stem_replaces_the_linear_patch_embedding_on_the_same_grid():
+    cfg = VISION_BACKBONES["small-dinosiglip-64px"]
+    backbone = build_vision_backbone(cfg)
+    for branch in cfg.branches:
+        vit = backbone.featurizer_for(branch.name)
+        assert isinstance(vit.patch_embed, HybridEmbed) and isinstance(vit.patch_embed.backbone, ConvStem)
+        assert vit.patch_embed.num_patches == branch.num_patches == 64
+    pixels = {b.name: torch.randn(2, 3, 64, 64) for b in cfg.branches}
+    features = backbone.eval()(pixels)
+    assert features.shape == (2, 64, 96 + 128)
+    # patch tokens stay row-major: a change in the bottom-right corner moves the last patch's stem output only there
+    stem = backbone.featurizer_for("siglip").patch_embed
+    changed = {k: v.clone() for k, v in pixels.items()}
+    changed["siglip"][:, :, 56:, 56:] += 1.0
+    diff = (stem(changed["siglip"]) - stem(pixels["siglip"])).abs().sum(-1)  # [2, 64]
+    assert diff[:, -1].min() > 0 and diff[:, :-1].max() == 0
+
+
+def test_conv_stem_stride_must_equal_the_patch_size():
+    branch = VISION_BACKBONES["small-dinosiglip-64px"].branches[0]
+    with pytest.raises(ValueError, match="stride"):
+        dataclasses.replace(branch, conv_stem=(16, 32))
 
 
 def test_small_demo_config_sizes():

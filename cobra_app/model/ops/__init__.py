@@ -16,6 +16,7 @@ from functools import cache
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from cobra_app.model.ops import torch_ops
@@ -24,16 +25,19 @@ log = logging.getLogger(__name__)
 
 ConvFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 ScanFn = Callable[..., tuple[Tensor, Tensor]]
+LinearFn = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
 class MambaOps:
-    """A named pair of operators: `causal_conv1d(x, weight, bias, conv_state)` and
-    `selective_scan(u, delta, A, B, C, D, z, delta_bias, ssm_state)` (see `torch_ops` for shapes)."""
+    """A named set of operators: `causal_conv1d(x, weight, bias, conv_state)`,
+    `selective_scan(u, delta, A, B, C, D, z, delta_bias, ssm_state)` (see `torch_ops` for shapes) and the bias-free
+    projection `linear(x [..., K], weight [N, K]) -> [..., N]` (F.linear unless a kernel is faster for decoding)."""
 
     name: str
     causal_conv1d: ConvFn
     selective_scan: ScanFn
+    linear: LinearFn = F.linear
 
 
 TORCH_OPS = MambaOps("torch", torch_ops.causal_conv1d, torch_ops.selective_scan)

@@ -1,4 +1,5 @@
-"""A compiled CPU selective scan (forward and backward), built on first use; PyTorch ops remain the fallback.
+"""Compiled CPU kernels, built on first use; PyTorch ops remain the fallback: the selective scan (forward and backward)
+and, for decoding, bf16 matrix-vector products (`linear`, `linear_cpu.cpp`).
 
 `selective_scan` has exactly the signature and semantics of `torch_ops.selective_scan` (fp32 math, y in u's dtype,
 fp32 state) and is differentiable in every input (a `torch.autograd.Function` whose backward recomputes the states).
@@ -22,6 +23,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from cobra_app.model.ops import MambaOps, torch_ops
@@ -29,11 +31,12 @@ from cobra_app.model.ops import MambaOps, torch_ops
 log = logging.getLogger(__name__)
 
 EXTENSION_NAME = "cobra_selective_scan_cpu"
-SOURCE = Path(__file__).with_name("selective_scan_cpu.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("selective_scan_cpu.cpp", "linear_cpu.cpp")]
 # No -march: the AVX2 and AVX-512 kernels are compiled under `#pragma GCC target` and chosen by CPUID at run time.
 CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
 LDFLAGS = ["-fopenmp"]
 MAX_STATE = 32  # d_state handled by the kernel (Mamba uses 16)
+MAX_LINEAR_ROWS = 8  # input rows the bf16 matrix-vector kernel takes (decode steps of up to 8 sequences)
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _lock = threading.Lock()
@@ -55,7 +58,7 @@ def load_kernel() -> bool:
             start = time.perf_counter()
             load(
                 name=EXTENSION_NAME,
-                sources=[str(SOURCE)],
+                sources=[str(path) for path in SOURCES],
                 extra_cflags=CFLAGS,
                 extra_ldflags=LDFLAGS,
                 with_cuda=False,
@@ -134,9 +137,32 @@ def selective_scan(
     return y, last_state
 
 
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """F.linear(x, weight) (no bias): x [..., K], weight [N, K] -> [..., N]. Decode-sized bf16 products (at most
+    MAX_LINEAR_ROWS rows, no autograd) run on the AVX-512 BF16 kernel where the CPU has it: fp32 accumulation, one
+    rounding to bf16, as F.linear; everything else is F.linear."""
+    rows = x.numel() // max(x.shape[-1], 1)
+    if (
+        _linear_kernel_available()
+        and x.dtype == weight.dtype == torch.bfloat16
+        and x.device.type == weight.device.type == "cpu"
+        and 1 <= rows <= MAX_LINEAR_ROWS
+        and weight.dim() == 2
+        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+    ):
+        out = torch.ops.cobra_linear.linear_bf16(x.reshape(rows, x.shape[-1]), weight)  # [rows, N]
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight)
+
+
+@cache
+def _linear_kernel_available() -> bool:
+    return _loaded and bool(torch.ops.cobra_linear.available())
+
+
 @cache
 def cpu_kernel_ops() -> MambaOps | None:
-    """The kernel scan with the PyTorch conv, or None when the kernel cannot be built/loaded here."""
+    """The kernel scan and decode projections with the PyTorch conv, or None when the kernels cannot be built here."""
     if not load_kernel():
         return None
-    return MambaOps("cpu-kernel", torch_ops.causal_conv1d, selective_scan)
+    return MambaOps("cpu-kernel", torch_ops.causal_conv1d, selective_scan, linear)

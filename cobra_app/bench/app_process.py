@@ -1,0 +1,68 @@
+"""Run the app (`python app.py`) in a subprocess on a free loopback port: for the load script and the app's tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class AppURL(str):
+    """The app's URL, with the path of its log and its process id."""
+
+    def __new__(cls, url: str, log: Path, pid: int):
+        self = super().__new__(cls, url)
+        self.log, self.pid = log, pid
+        return self
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(*args: str, env: dict | None = None, timeout_s: float = 120.0,
+                log_path: Path | None = None) -> Iterator[AppURL]:
+    """Start `python app.py --host 127.0.0.1 --port FREE *args`; yield its URL (a str with `.log`, the path of its
+    output, and `.pid`); stop it afterwards. The app runs offline: HF_HUB_OFFLINE=1, no analytics."""
+    port = free_port()
+    log_path = log_path or ROOT / "artifacts" / f"app-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+               "NO_PROXY": "127.0.0.1,localhost", **(env or {})}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
+                                 *args], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the app did not start in {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+            yield AppURL(url, log_path, proc.pid)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

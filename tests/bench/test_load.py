@@ -1,0 +1,63 @@
+"""The bounded load script: answer checks, percentiles, the memory bound, and a short run against the launched app."""
+
+import json
+
+import pytest
+
+from cobra_app.bench import load
+from cobra_app.loading import save_model_dir
+from tests.helpers import make_tiny_vlm
+
+
+def chat(*pairs, speed=True):
+    messages = []
+    for question, reply in pairs:
+        messages.append({"role": "user", "content": [{"type": "text", "text": question}]})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+        if speed:
+            messages.append({"role": "assistant", "content": "", "metadata": {"title": "0.1 s to first token"}})
+    return messages
+
+
+def test_the_reply_is_read_only_once_it_answers_this_question():
+    old = chat(("Is there a red circle?", "Yes"))
+    assert load.reply_to(old, "How many objects are there?") == ""  # the previous reply does not count
+    streaming = old + chat(("How many objects are there?", "Tw"), speed=False)
+    assert load.reply_to(streaming, "How many objects are there?") == "Tw"
+
+
+@pytest.mark.parametrize(("reply", "answer", "correct"), [
+    ("Yes", "Yes", True), ("yes, there is.", "Yes", True), ("No", "Yes", False), ("", "No", False),
+    ("True", "True", True), ("Two.", "Two.", True), ("two", "Two.", True), ("Three.", "Two.", False),
+    ("A red circle.", "A red circle.", True), ("A red square.", "A red circle.", False),
+])
+def test_answers_are_checked_like_the_demo_evaluation(reply, answer, correct):
+    assert load.is_correct(reply, answer) is correct
+
+
+def test_summary_counts_failures_wrong_answers_and_the_memory_bound():
+    report = load.LoadReport(users=2, seconds=10.0, rss_before_bytes=1000 * 10**6, budget_bytes=500 * 10**6)
+    report.requests = [load.Request(0, 0.0, 1.0, 0.2, True, True), load.Request(1, 0.5, 3.0, 0.4, True, False),
+                       load.Request(0, 1.0, 9.0, None, False, None, "boom")]
+    report.memory = [(0.0, 1000 * 10**6), (1.0, 1400 * 10**6), (2.0, 1200 * 10**6)]
+    s = report.summary()
+    assert (s["requests"], s["failed"], s["wrong_answers"], s["accuracy"]) == (3, 1, 1, 0.5)
+    assert s["latency_s"]["max"] == 3.0 and s["requests_per_s"] == 0.2  # failed requests are not throughput
+    assert s["within_bound"] and (s["rss_peak_mb"], s["rss_end_mb"], s["bound_mb"]) == (1400, 1200, 1500)
+    report.memory.append((3.0, 1501 * 10**6))
+    assert not report.summary()["within_bound"]
+
+
+@pytest.mark.slow
+def test_a_short_run_against_the_launched_app(tmp_path):
+    vlm, tokenizer = make_tiny_vlm()
+    model = save_model_dir(vlm, tokenizer, tmp_path / "model")
+    out, doc = tmp_path / "out", tmp_path / "LOAD.md"
+    code = load.main(["--users", "2", "--minutes", "0.1", "--model", str(model), "--memory-budget", "20MB",
+                      "--turns-per-chat", "2", "--out", str(out), "--doc", str(doc)])
+    result = json.loads((out / "load.json").read_text())
+    summary = result["summary"]
+    assert summary["requests"] >= 4 and summary["failed"] == 0 and code == 0  # random weights: answers unchecked
+    assert {r["user"] for r in result["requests"]} == {0, 1} and len(result["memory"]) >= 5
+    assert summary["within_bound"] and summary["rss_before_mb"] > 0
+    assert load.BEGIN in doc.read_text() and "| users |" in doc.read_text()
