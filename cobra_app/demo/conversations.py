@@ -47,7 +47,8 @@ class Fact:
     tags: tuple[str, ...] = ()
 
 
-def _a(noun_phrase: str) -> str:
+def with_article(noun_phrase: str) -> str:
+    """The noun phrase with its indefinite article: "a red circle", "an orange square"."""
     return f"{'an' if noun_phrase[0] in 'aeiou' else 'a'} {noun_phrase}"
 
 
@@ -68,7 +69,7 @@ def _yes(rng: np.random.Generator) -> bool:
 
 def ask_describe(scene: Scene, rng: np.random.Generator) -> Fact:
     """Every object, left to right."""
-    names = [_a(o.name) for o in scene.left_to_right()]
+    names = [with_article(o.name) for o in scene.left_to_right()]
     listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     verb, noun = ("is", "object") if len(names) == 1 else ("are", "objects")
     answer = f"There {verb} {NUMBERS[len(names)]} {noun}: {listing}."
@@ -112,10 +113,10 @@ def ask_shape(scene: Scene, rng: np.random.Generator) -> Fact | None:
     o = _choice(rng, candidates)
     templates = ("What shape is the {colour} object?", "What is the shape of the {colour} object?",
                  "Which shape is {colour}?")
-    return Fact(templates, {"colour": o.colour}, _a(o.shape).capitalize() + ".")
+    return Fact(templates, {"colour": o.colour}, with_article(o.shape).capitalize() + ".")
 
 
-def _absent_pairs(scene: Scene, split: str) -> list[tuple[str, str]]:
+def absent_pairs(scene: Scene, split: str) -> list[tuple[str, str]]:
     """Negative (shape, colour) pairs for a POPE split."""
     present = {(o.shape, o.colour) for o in scene.objects}
     absent = [pair for pair in PAIRS if pair not in present]
@@ -130,10 +131,10 @@ def ask_exist(scene: Scene, rng: np.random.Generator) -> Fact:
     """POPE-style existence: a present object, or an absent one sampled by the random/popular/adversarial split."""
     split = _choice(rng, POPE_SPLITS)
     yes = _yes(rng)
-    shape, colour = _choice(rng, [(o.shape, o.colour) for o in scene.objects] if yes else _absent_pairs(scene, split))
+    shape, colour = _choice(rng, [(o.shape, o.colour) for o in scene.objects] if yes else absent_pairs(scene, split))
     templates = ("Is there {obj} in the image?", "Is there {obj}?", "Do you see {obj}?",
                  "Does the image contain {obj}?")
-    return Fact(templates, {"obj": _a(f"{colour} {shape}")}, "Yes" if yes else "No", (split,))
+    return Fact(templates, {"obj": with_article(f"{colour} {shape}")}, "Yes" if yes else "No", (split,))
 
 
 def ask_spatial(scene: Scene, rng: np.random.Generator) -> Fact | None:

@@ -33,8 +33,8 @@ from cobra_app.demo.conversations import (
     RELATION_PHRASES,
     TRAIN_STREAM,
     TRUE_FALSE_PROMPT,
-    _a,
-    _absent_pairs,
+    absent_pairs,
+    with_article,
 )
 from cobra_app.demo.model_config import DEMO_VISION_ID
 from cobra_app.demo.scenes import RELATIONS, Scene, relation_holds, render, sample_scene
@@ -57,7 +57,7 @@ def spatial_statement(a_name: str, relation: str, b_name: str) -> str:
 
 
 def existence_question(shape: str, colour: str) -> str:
-    return f"Is there {_a(f'{colour} {shape}')} in the image?"
+    return f"Is there {with_article(f'{colour} {shape}')} in the image?"
 
 
 def _pick(rng: np.random.Generator, items: list, k: int) -> list:
@@ -103,7 +103,7 @@ def existence_cases(scenes: Sequence[Scene], rng: np.random.Generator) -> list[d
     for index, scene in enumerate(scenes):
         present = _pick(rng, [(o.shape, o.colour) for o in scene.objects], MAX_POSITIVES)
         for split in POPE_SPLITS:
-            absent = _pick(rng, _absent_pairs(scene, split), len(present))
+            absent = _pick(rng, absent_pairs(scene, split), len(present))
             asked = [(pair, True) for pair in present] + [(pair, False) for pair in absent]
             for i in rng.permutation(len(asked)):
                 (shape, colour), yes = asked[i]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cobra_app.demo.conversations import PAIRS, QA_KINDS, _a, ask
+from cobra_app.demo.conversations import PAIRS, QA_KINDS, ask, with_article
 from cobra_app.demo.scenes import render, sample_scene
 
 INDEX = "examples.json"
@@ -75,8 +75,8 @@ def _questions(scene, rng: np.random.Generator) -> list[dict]:
                                                                          for o in scene.objects)]
     shape, colour = absent[int(rng.integers(len(absent)))]
     out: list[dict] = [
-        {"question": f"Is there {_a(shown.name)} in the image?", "answer": "Yes", "kind": "exist"},
-        {"question": f"Is there {_a(colour + ' ' + shape)} in the image?", "answer": "No", "kind": "exist"},
+        {"question": f"Is there {with_article(shown.name)} in the image?", "answer": "Yes", "kind": "exist"},
+        {"question": f"Is there {with_article(colour + ' ' + shape)} in the image?", "answer": "No", "kind": "exist"},
     ]
     for kind in ("describe", "count", "colour", "shape", "spatial"):
         for _ in range(20):

@@ -61,11 +61,15 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
 
 
-# (Bsz, Dn, L, N, nonzero_start): tiny, zero start, L = 1, batch > 1 with N = 16, odd N, N = 32.
+# (Bsz, Dn, L, N, nonzero_start): tiny, zero start, L = 1 (the one-step kernel: channels in vector blocks, partial
+# blocks, batches, N = 32, odd N), batch > 1 with N = 16, odd N, N = 32.
 CASES = [
     (2, 3, 7, 4, False),
     (2, 3, 7, 4, True),
     (1, 5, 1, 16, True),
+    (3, 37, 1, 16, True),
+    (2, 21, 1, 32, True),
+    (2, 19, 1, 13, False),
     (3, 4, 33, 16, True),
     (2, 3, 9, 13, True),
     (1, 2, 10, 32, True),
