@@ -27,6 +27,9 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor, conv_state: Tensor) -
     """
     k, f, L = weight.shape[-1], _compute_dtype(x), x.shape[-1]
     history = torch.cat([conv_state.to(x.dtype), x], dim=-1)  # [B, D, K + L]
+    if L == 1:  # decoding: the output is the dot product of the last K inputs with the kernel (fewer ops)
+        y = (history[..., 1:].to(f) * weight.to(f)).sum(-1, keepdim=True) + bias.to(f)[:, None]  # [B, D, 1]
+        return F.silu(y).to(x.dtype), history[..., -k:]
     window = history[..., 1:].to(f)  # output t sees inputs t-K+1 .. t: [B, D, K - 1 + L]
     w = weight.to(f)
     # K shifted multiply-adds (torch's depthwise conv1d is pathologically slow on CPU for this shape)
