@@ -175,6 +175,17 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.empty(D, device=device))
         self.out_proj = nn.Linear(D, d, bias=False, **kw)
 
+    def A(self) -> Tensor:
+        """A = -exp(A_log) [D, N] fp32. In eval mode without autograd it is kept until A_log changes (its storage or
+        version: in-place updates, loading a state dict, moving devices), as decoding would otherwise recompute it for
+        every token; in training it is always recomputed."""
+        if self.training or (torch.is_grad_enabled() and self.A_log.requires_grad):
+            return -torch.exp(self.A_log.float())
+        key = (self.A_log.data_ptr(), self.A_log._version, self.A_log.device)
+        if getattr(self, "_A_cache", (None,))[0] != key:
+            self._A_cache = (key, -torch.exp(self.A_log.detach().float()))
+        return self._A_cache[1]
+
     def forward(self, h: Tensor, state: LayerState, ops: MambaOps) -> tuple[Tensor, LayerState]:
         """h [B, L, d] (weight dtype) on top of `state` -> (out [B, L, d], new LayerState)."""
         xz = ops.linear(h, self.in_proj.weight).transpose(1, 2)  # [B, 2D, L]
@@ -183,7 +194,7 @@ class MambaMixer(nn.Module):
         x_dbl = ops.linear(x.transpose(1, 2), self.x_proj.weight)  # [B, L, R + 2N]
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = ops.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, D, L]; bias + softplus happen inside the scan
-        A = -torch.exp(self.A_log.float())  # [D, N]
+        A = self.A()  # [D, N]
         y, ssm_state = ops.selective_scan(
             x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z, self.dt_proj.bias, state.ssm
         )  # y [B, D, L]

@@ -193,3 +193,19 @@ def test_training_gradients_reach_every_parameter():
 def test_empty_chunk_is_refused():
     with pytest.raises(ValueError, match="at least one token"):
         tiny_lm()(torch.zeros(1, 0, dtype=torch.long))
+
+
+def test_cached_A_follows_A_log_in_eval_and_is_fresh_in_training():
+    lm = tiny_lm().eval()
+    mixer = lm.backbone.layers[0].mixer
+    with torch.no_grad():
+        first = mixer.A()
+        assert mixer.A() is first and torch.equal(first, -torch.exp(mixer.A_log))  # kept while A_log is unchanged
+        mixer.A_log.add_(0.5)  # an in-place update
+        assert torch.equal(mixer.A(), -torch.exp(mixer.A_log))
+        state = {k: v.clone() for k, v in lm.state_dict().items()}
+        state[[k for k in state if k.endswith("0.mixer.A_log")][0]] -= 1.0
+        lm.load_state_dict(state)  # loading weights
+        assert torch.equal(mixer.A(), -torch.exp(mixer.A_log))
+    lm.train()
+    assert mixer.A() is not mixer.A() and mixer.A().requires_grad  # training: recomputed, differentiable
