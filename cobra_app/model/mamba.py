@@ -11,7 +11,7 @@ Shapes: B batch, L chunk length, d = d_model, D = d_inner, N = d_state, K = d_co
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

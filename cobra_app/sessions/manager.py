@@ -104,7 +104,6 @@ from torch import Tensor
 from cobra_app.generation import Decoder, SamplingParams, TextStreamer, get_answer_pair
 from cobra_app.generation.batching import BatchedStepper
 from cobra_app.generation.decode import DecodeResult
-from cobra_app.model.mamba import MambaState
 from cobra_app.prompting import clean_message
 from cobra_app.sessions.errors import (
     ContextFull,
