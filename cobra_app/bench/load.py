@@ -34,6 +34,7 @@ from cobra_app.demo.conversations import ask
 from cobra_app.demo.evaluate import normalise
 from cobra_app.demo.scenes import Scene, render, sample_scene
 from cobra_app.ui.config import parse_bytes
+from cobra_app.ui.handlers import message_text
 
 QUESTION_KINDS = ("exist", "colour", "shape", "count", "spatial")
 GREEDY = (16, 1.0, 1.0, 0, 1.0, True)  # /chat: max new tokens, temperature, top-p, top-k, repetition penalty, greedy
@@ -101,16 +102,12 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def message_text(message: dict) -> str:
-    content = message["content"]
-    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
-
-
 def reply_to(chat: list[dict], question: str) -> str:
     """The reply (so far) to `question` when it is the chat's last exchange, else "" (speed lines ignored)."""
     messages = [m for m in chat if not m.get("metadata")]
-    if len(messages) >= 2 and messages[-1]["role"] == "assistant" and message_text(messages[-2]) == question:
-        return message_text(messages[-1])
+    if (len(messages) >= 2 and messages[-1]["role"] == "assistant"
+            and message_text(messages[-2]["content"]) == question):
+        return message_text(messages[-1]["content"])
     return ""
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from cobra_app.loading import LoadedModel, save_model_dir
 from cobra_app.pipeline import Cobra
-from tests.helpers import make_tiny_vlm
+from tests.helpers import make_tiny_vlm, sample_image
 from tests.ui.support import DEMO_MODEL
 
 
@@ -52,3 +52,11 @@ def ui(manager, notes):
     from cobra_app.ui.images import ImageLimits
 
     return ChatHandlers(manager, notifier=notes, image_limits=ImageLimits(max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS))
+
+
+@pytest.fixture
+def png(tmp_path):
+    """A small PNG on disk, as Gradio hands uploads to the handlers."""
+    path = tmp_path / "a.png"
+    sample_image(48, 32, seed=1).save(path)
+    return str(path)

@@ -1,4 +1,4 @@
-"""Paths and the app launcher for the API and browser tests."""
+"""Paths, the app launcher and small helpers shared by the app's tests."""
 
 from __future__ import annotations
 
@@ -7,8 +7,16 @@ from pathlib import Path
 
 from cobra_app.bench.app_process import ROOT, running_app
 
-__all__ = ["DEMO_MODEL", "EXAMPLES", "ROOT", "SCREENSHOTS", "running_app"]
+__all__ = ["DEMO_MODEL", "EXAMPLES", "ROOT", "SCREENSHOTS", "last", "running_app"]
 # the offline demo model; COBRA_TEST_DEMO_MODEL points the app tests at another build of it (e.g. a candidate run)
 DEMO_MODEL = Path(os.environ.get("COBRA_TEST_DEMO_MODEL") or ROOT / "assets" / "demo-model")
 EXAMPLES = ROOT / "assets" / "examples"
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+
+
+def last(stream):
+    """The final value of a handler's stream (the state the UI is left in)."""
+    out = None
+    for out in stream:
+        pass
+    return out

@@ -13,6 +13,7 @@ from cobra_app.sessions import SessionManager
 from cobra_app.ui.handlers import ChatHandlers, RecordingNotifier
 from tests.helpers import sample_image
 from tests.sessions.support import full_recompute, state_rel_diff
+from tests.ui.support import last
 
 GREEDY = (12, 1.0, 1.0, 0, 1.0, True)  # max new tokens, temperature, top-p, top-k, repetition penalty, greedy
 USERS = ("A", "B", "C")
@@ -30,13 +31,6 @@ def images(tmp_path):
 def handlers(cobra, **manager_kwargs) -> ChatHandlers:
     return ChatHandlers(SessionManager(cobra, memory_budget_bytes=50 * 10**6, **manager_kwargs),
                         notifier=RecordingNotifier())
-
-
-def last(stream):
-    out = None
-    for out in stream:
-        pass
-    return out
 
 
 def live_states() -> int:

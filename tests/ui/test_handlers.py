@@ -18,23 +18,9 @@ from cobra_app.ui.handlers import (
     user_turn_index,
 )
 from tests.helpers import sample_image
+from tests.ui.support import last
 
 GREEDY = (8, 1.0, 1.0, 0, 1.0, True)  # max new tokens, temperature, top-p, top-k, repetition penalty, greedy
-
-
-
-@pytest.fixture
-def png(tmp_path):
-    path = tmp_path / "a.png"
-    sample_image(48, 32, seed=1).save(path)
-    return str(path)
-
-
-def last(generator):
-    out = None
-    for out in generator:
-        pass
-    return out
 
 
 def assistant_texts(chat):

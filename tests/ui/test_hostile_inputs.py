@@ -18,18 +18,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from cobra_app.prompting.tokenization import EOS
-from tests.helpers import sample_image
 from tests.ui.conftest import MAX_BYTES
+from tests.ui.support import last
 
 GREEDY = (4, 1.0, 1.0, 0, 1.0, True)  # max new tokens, temperature, top-p, top-k, repetition penalty, greedy
-
-
-
-@pytest.fixture
-def png(tmp_path):
-    path = tmp_path / "a.png"
-    sample_image(48, 32, seed=1).save(path)
-    return str(path)
 
 
 @pytest.fixture
@@ -59,13 +51,6 @@ def decodes(monkeypatch):
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", counting)
     return calls
-
-
-def last(generator):
-    out = None
-    for out in generator:
-        pass
-    return out
 
 
 def no_tracebacks(notes):

@@ -133,35 +133,23 @@ Isa current_isa() { return static_cast<Isa>(std::min(static_cast<int>(best_isa()
 
 const char* isa_name(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline"; }
 
-// NP (16 or 32) fp32 lanes per state = NV vectors of the ISA's width (16, 8 or 4 lanes).
+// NP (16 or 32) fp32 lanes per state = NV vectors of the ISA's width (16, 8 or 4 lanes); L = 1 (decoding) takes the
+// one-step kernel, which vectorises over channels instead of time steps.
 template <typename T>
-FwdFn<T> pick_forward(int64_t NP) {
-  const bool wide = NP == 32;
+FwdFn<T> pick_forward(int64_t NP, int64_t L) {
+  const bool wide = NP == 32, step = L == 1;
   switch (current_isa()) {
 #if COBRA_SCAN_MULTI_ISA
     case Isa::kAvx512:
-      return wide ? avx512::forward_channels<T, 2> : avx512::forward_channels<T, 1>;
+      return step ? (wide ? avx512::step_channels<T, 2> : avx512::step_channels<T, 1>)
+                  : (wide ? avx512::forward_channels<T, 2> : avx512::forward_channels<T, 1>);
     case Isa::kAvx2:
-      return wide ? avx2::forward_channels<T, 4> : avx2::forward_channels<T, 2>;
+      return step ? (wide ? avx2::step_channels<T, 4> : avx2::step_channels<T, 2>)
+                  : (wide ? avx2::forward_channels<T, 4> : avx2::forward_channels<T, 2>);
 #endif
     default:
-      return wide ? base::forward_channels<T, 8> : base::forward_channels<T, 4>;
-  }
-}
-
-// The same for one time step (L = 1).
-template <typename T>
-FwdFn<T> pick_step(int64_t NP) {
-  const bool wide = NP == 32;
-  switch (current_isa()) {
-#if COBRA_SCAN_MULTI_ISA
-    case Isa::kAvx512:
-      return wide ? avx512::step_channels<T, 2> : avx512::step_channels<T, 1>;
-    case Isa::kAvx2:
-      return wide ? avx2::step_channels<T, 4> : avx2::step_channels<T, 2>;
-#endif
-    default:
-      return wide ? base::step_channels<T, 8> : base::step_channels<T, 4>;
+      return step ? (wide ? base::step_channels<T, 8> : base::step_channels<T, 4>)
+                  : (wide ? base::forward_channels<T, 8> : base::forward_channels<T, 4>);
   }
 }
 
@@ -244,7 +232,7 @@ void run_forward(const Prepared& p, const at::Tensor& u, const at::Tensor& delta
                         p.Dv.data_ptr<float>(), p.bias.data_ptr<float>(), p.s0.data_ptr<float>(),
                         y.data_ptr<T>(),        s_out.data_ptr<float>(), p.Dn,
                         p.L,                    p.N};
-  const FwdFn<T> fn = p.L == 1 ? pick_step<T>(p.NP) : pick_forward<T>(p.NP);
+  const FwdFn<T> fn = pick_forward<T>(p.NP, p.L);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, p.L * p.NP));  // ~32k state updates
   at::parallel_for(0, p.Bsz * p.Dn, grain, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
 }
