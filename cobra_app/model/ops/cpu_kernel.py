@@ -155,9 +155,13 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return F.linear(x, weight)
 
 
-@cache
 def _linear_kernel_available() -> bool:
-    return _loaded and bool(torch.ops.cobra_linear.available())
+    return _loaded and _cpu_has_bf16_dot()  # not cached before the library is loaded
+
+
+@cache
+def _cpu_has_bf16_dot() -> bool:
+    return bool(torch.ops.cobra_linear.available())
 
 
 @cache
