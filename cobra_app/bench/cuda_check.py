@@ -1,7 +1,8 @@
 """CUDA kernels vs the PyTorch reference, on random inputs: `python -m cobra_app.bench.cuda_check [--out FILE]`.
 
 Needs a CUDA device with `mamba-ssm` and `causal-conv1d` installed. Compares, per operator and for a whole MambaLM:
-a full pass, a continuation from a non-zero saved state (multi-token chunk) and single-token decode steps.
+a full pass, a continuation from a non-zero saved state (multi-token chunk) and single-token decode steps,
+and decode steps replayed from CUDA graphs against eager ones.
 Prints a table and writes it as Markdown (default docs/CUDA_CHECK.md).
 """
 
@@ -72,9 +73,19 @@ def model_cases(kernels, device: str) -> list[tuple[str, float, torch.dtype]]:
                     steps.append(logits[:, None])
                 outs[ops.name] = (full, torch.cat([head, tail] + steps, dim=1))
             (kf, kc), (tf, tc) = outs[kernels.name], outs[TORCH_OPS.name]
+            lm.ops_override = kernels
+            decoded = []
+            for step in (lm.step, lm.eager_step):  # on CUDA, lm.step replays captured graphs (model/cuda_graph.py)
+                _, state = lm(ids[:, :390])
+                logits_per_step = []
+                for t in range(390, 400):
+                    logits, state = step(ids[:, t], state)
+                    logits_per_step.append(logits)
+                decoded.append(torch.stack(logits_per_step))
         rows.append((f"MambaLM {name}: full pass", rel_err(kf, tf), dtype))
         rows.append((f"MambaLM {name}: continuation + steps vs torch", rel_err(kc, tc), dtype))
         rows.append((f"MambaLM {name}: kernels continuation vs kernels full", rel_err(kc, kf), dtype))
+        rows.append((f"MambaLM {name}: CUDA-graph decode steps vs eager steps", rel_err(*decoded), dtype))
     return rows
 
 

@@ -11,6 +11,7 @@ Shapes: B batch, L chunk length, d = d_model, D = d_inner, N = d_state, K = d_co
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -18,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from cobra_app.model.cuda_graph import GraphedStep
 from cobra_app.model.ops import MambaOps, get_ops
 
 # Parameter-name suffixes kept in fp32 whatever the weight dtype (mamba_ssm keeps them so under autocast).
@@ -188,8 +190,15 @@ class MambaMixer(nn.Module):
 
     def forward(self, h: Tensor, state: LayerState, ops: MambaOps) -> tuple[Tensor, LayerState]:
         """h [B, L, d] (weight dtype) on top of `state` -> (out [B, L, d], new LayerState)."""
-        xz = ops.linear(h, self.in_proj.weight).transpose(1, 2)  # [B, 2D, L]
-        x, z = xz.chunk(2, dim=1)  # [B, D, L] each
+        xz = ops.linear(h, self.in_proj.weight)  # [B, L, 2D]
+        if xz.shape[1] == 1 and ops.mixer_step is not None:  # decoding: one fused call from xz to out_proj's input
+            stepped = ops.mixer_step(xz[:, 0], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias,
+                                     self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A(), self.D,
+                                     state.ssm)
+            if stepped is not None:
+                y, conv_state, ssm_state = stepped  # y [B, D]
+                return ops.linear(y[:, None], self.out_proj.weight), LayerState(conv_state, ssm_state)
+        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # [B, D, L] each
         x, conv_state = ops.causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv)  # [B, D, L]
         x_dbl = ops.linear(x.transpose(1, 2), self.x_proj.weight)  # [B, L, R + 2N]
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -333,6 +342,24 @@ class MambaLM(nn.Module):
         return logits, MambaState(new_layers, state.seqlen + x.shape[1])
 
     def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        """Decode one token per sequence: input_ids [B] -> (logits [B, V] fp32, new state)."""
+        """Decode one token per sequence: input_ids [B] -> (logits [B, V] fp32, new state).
+
+        On CUDA, outside autograd, the step is replayed from a CUDA graph captured once per batch size
+        (`cuda_graph.GraphedStep`, same results as the eager step); COBRA_CUDA_GRAPHS=0 turns this off."""
+        if input_ids.is_cuda and not torch.is_grad_enabled() and os.environ.get("COBRA_CUDA_GRAPHS", "1") != "0":
+            return self._graphed_step()(input_ids, state)
+        return self.eager_step(input_ids, state)
+
+    def eager_step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """`step` without CUDA graphs: one forward pass over a one-token chunk."""
         logits, state = self.forward(input_ids[:, None], state=state)
         return logits[:, -1], state
+
+    def _graphed_step(self) -> GraphedStep:
+        """The graphs for the current weights and operators, recaptured when the weights have moved or been modified
+        in place (graphs replay fixed addresses, and tensors derived from weights, like A, were computed at capture)."""
+        versions = sum(p._version for p in self.parameters())
+        key = (self.backbone.embedding.weight.data_ptr(), self.dtype, self.device, self.ops.name, versions)
+        if getattr(self, "_graphs", (None,))[0] != key:
+            self._graphs = (key, GraphedStep(self.eager_step))
+        return self._graphs[1]

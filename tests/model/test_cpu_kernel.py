@@ -10,6 +10,7 @@ When the kernel cannot be built here the tests skip with the build error, or fai
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cobra_app.model.mamba import LayerState, MambaConfig, MambaLM
 from cobra_app.model.ops import TORCH_OPS, cpu_kernel, get_ops, torch_ops
 from tests.model import test_mamba as tm
 from tests.model.test_ops import naive_scan, random_scan_inputs
@@ -348,3 +350,49 @@ def test_bf16_decode_with_the_kernel_matches_torch_ops(kernel_selected):
                 token = logits.argmax(-1)
         results.append(torch.stack(steps))
     assert tm.rel_err(*results) <= 1e-2
+
+
+# The fused one-token mixer step (mixer_step in selective_scan_cpu.cpp).
+
+
+def _mixer_step_both_ways(kernel_ops, dtype: torch.dtype, rows: int, d_model: int, d_state: int):
+    """One decoding step of a random mixer on a random state, fused and unfused: [(out, conv, ssm)] x 2."""
+    config = MambaConfig(d_model=d_model, n_layer=1, vocab_size=8, d_state=d_state)
+    lm = MambaLM(config).init_weights(torch.Generator().manual_seed(rows + d_state))
+    with torch.no_grad():
+        lm.backbone.layers[0].mixer.dt_proj.bias.add_(1.0)  # larger steps: the old state and the new input both count
+    mixer = lm.cast(dtype).backbone.layers[0].mixer
+    g = torch.Generator().manual_seed(rows)
+    h = torch.randn(rows, 1, d_model, generator=g).to(dtype)
+    state = LayerState(torch.randn(rows, config.d_inner, config.d_conv, generator=g).to(dtype),
+                       torch.randn(rows, config.d_inner, d_state, generator=g))
+    unfused = dataclasses.replace(kernel_ops, mixer_step=None)
+    with torch.no_grad():
+        return [(out, s.conv, s.ssm) for out, s in (mixer(h, state, ops) for ops in (kernel_ops, unfused))]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("rows", "d_model", "d_state"), [(1, 64, 16), (3, 48, 7), (8, 64, 32), (11, 32, 16)])
+def test_fused_mixer_step_equals_the_unfused_operators(kernel_ops, dtype, rows, d_model, d_state):
+    """The same operations in the same order and precision: bitwise the same output and states (1-8 rows use the
+    bf16 matrix-vector kernel, 11 rows F.linear; odd d_state, d_state 32)."""
+    (out, conv, ssm), (out_ref, conv_ref, ssm_ref) = _mixer_step_both_ways(kernel_ops, dtype, rows, d_model, d_state)
+    assert out.shape == (rows, 1, d_model) and out.dtype == dtype
+    assert torch.equal(out, out_ref) and torch.equal(conv, conv_ref) and torch.equal(ssm, ssm_ref)
+    assert out.abs().max() > 0 and (ssm - ssm_ref).abs().max() == 0
+
+
+def test_fused_mixer_step_declines_what_it_does_not_cover(kernel_ops):
+    """Autograd and d_state beyond the kernel's get None (the mixer then runs the unfused operators)."""
+    D, N, K, R = 16, 8, 4, 2
+    g = torch.Generator().manual_seed(0)
+    args = [torch.randn(2, 2 * D, generator=g), torch.randn(2, D, K, generator=g), torch.randn(D, K, generator=g),
+            torch.randn(D, generator=g), torch.randn(R + 2 * N, D, generator=g), torch.randn(D, R, generator=g),
+            torch.randn(D, generator=g), -torch.rand(D, N, generator=g), torch.randn(D, generator=g),
+            torch.randn(2, D, N, generator=g)]
+    assert kernel_ops.mixer_step(*args) is not None
+    args[0].requires_grad_()
+    assert kernel_ops.mixer_step(*args) is None
+    wide = [a.detach() for a in args]
+    wide[7], wide[9], wide[4] = -torch.rand(D, 40), torch.randn(2, D, 40), torch.randn(R + 80, D)
+    assert kernel_ops.mixer_step(*wide) is None

@@ -26,18 +26,23 @@ log = logging.getLogger(__name__)
 ConvFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 ScanFn = Callable[..., tuple[Tensor, Tensor]]
 LinearFn = Callable[[Tensor, Tensor], Tensor]
+# (xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, ssm_state) -> (y, conv_state, ssm_state) | None
+MixerStepFn = Callable[..., tuple[Tensor, Tensor, Tensor] | None]
 
 
 @dataclass(frozen=True)
 class MambaOps:
     """A named set of operators: `causal_conv1d(x, weight, bias, conv_state)`,
-    `selective_scan(u, delta, A, B, C, D, z, delta_bias, ssm_state)` (see `torch_ops` for shapes) and the bias-free
-    projection `linear(x [..., K], weight [N, K]) -> [..., N]` (F.linear unless a kernel is faster for decoding)."""
+    `selective_scan(u, delta, A, B, C, D, z, delta_bias, ssm_state)` (see `torch_ops` for shapes), the bias-free
+    projection `linear(x [..., K], weight [N, K]) -> [..., N]` (F.linear unless a kernel is faster for decoding), and
+    optionally `mixer_step`: a fused one-token mixer step from in_proj's output to out_proj's input
+    (`cpu_kernel.mixer_step`), equal to the unfused operators; it returns None for inputs it does not cover."""
 
     name: str
     causal_conv1d: ConvFn
     selective_scan: ScanFn
     linear: LinearFn = F.linear
+    mixer_step: MixerStepFn | None = None
 
 
 TORCH_OPS = MambaOps("torch", torch_ops.causal_conv1d, torch_ops.selective_scan)

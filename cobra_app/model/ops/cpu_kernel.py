@@ -1,5 +1,6 @@
 """Compiled CPU kernels, built on first use; PyTorch ops remain the fallback: the selective scan (forward and backward)
-and, for decoding, bf16 matrix-vector products (`linear`, `linear_cpu.cpp`).
+and, for decoding, bf16 matrix-vector products (`linear`, `linear_cpu.cpp`) and a fused one-token mixer step
+(`mixer_step`: conv update, x_proj, dt_proj and the scan step in one call).
 
 `selective_scan` has exactly the signature and semantics of `torch_ops.selective_scan` (fp32 math, y in u's dtype,
 fp32 state) and is differentiable in every input (a `torch.autograd.Function` whose backward recomputes the states).
@@ -100,8 +101,8 @@ class _SelectiveScan(torch.autograd.Function):
         return tuple(g.to(x.dtype) for g, x in zip(grads, inputs, strict=True))
 
 
-def _kernel_applies(tensors: tuple[Tensor, ...]) -> bool:
-    u, A = tensors[0], tensors[2]
+def _kernel_applies(u: Tensor, A: Tensor, tensors: tuple[Tensor, ...]) -> bool:
+    """Whether the compiled scan covers these inputs: u's dtype, CPU tensors, A [D, N] with N <= MAX_STATE."""
     return (
         u.dtype in _KERNEL_DTYPES
         and all(t.device.type == "cpu" for t in tensors)
@@ -129,7 +130,7 @@ def selective_scan(
     cover (fp64 u, non-CPU tensors, N > 32) or when the kernel is not loaded.
     """
     tensors = (u, delta, A, B, C, D, z, delta_bias, ssm_state)
-    if not _kernel_applies(tensors):
+    if not _kernel_applies(u, A, tensors):
         return torch_ops.selective_scan(*tensors)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _SelectiveScan.apply(*tensors)
@@ -155,6 +156,31 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return F.linear(x, weight)
 
 
+def mixer_step(
+    xz: Tensor,
+    conv_state: Tensor,
+    conv_w: Tensor,
+    conv_b: Tensor,
+    x_proj_w: Tensor,
+    dt_proj_w: Tensor,
+    dt_bias: Tensor,
+    A: Tensor,
+    D: Tensor,
+    ssm_state: Tensor,
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """One decoding step of a mixer between in_proj and out_proj in one kernel call (`mixer_step` in
+    selective_scan_cpu.cpp): the one-token conv, x_proj, dt_proj and the scan step, the same operations in the same
+    order and precision as the unfused operators (so the same numbers), without a Python call for each.
+
+    xz [M, 2D] in_proj's output; conv_state [M, D, K]; conv_w [D, K]; conv_b, dt_bias, D [D]; x_proj_w [R + 2N, D];
+    dt_proj_w [D, R]; A [D, N]; ssm_state [M, D, N] fp32 -> (y [M, D], new conv_state, new ssm_state), or None where
+    the kernel does not apply (autograd, non-CPU tensors, d_state > MAX_STATE, the library not loaded)."""
+    tensors = (xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, ssm_state)
+    if not _kernel_applies(xz, A, tensors) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        return None
+    return torch.ops.cobra_scan.mixer_step(*tensors)
+
+
 def _linear_kernel_available() -> bool:
     return _loaded and _cpu_has_bf16_dot()  # not cached before the library is loaded
 
@@ -166,7 +192,8 @@ def _cpu_has_bf16_dot() -> bool:
 
 @cache
 def cpu_kernel_ops() -> MambaOps | None:
-    """The kernel scan and decode projections with the PyTorch conv, or None when the kernels cannot be built here."""
+    """The kernel scan, decode projections and fused decode step with the PyTorch conv, or None when the kernels
+    cannot be built here."""
     if not load_kernel():
         return None
-    return MambaOps("cpu-kernel", torch_ops.causal_conv1d, selective_scan, linear)
+    return MambaOps("cpu-kernel", torch_ops.causal_conv1d, selective_scan, linear, mixer_step)

@@ -20,6 +20,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -298,6 +299,49 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   return {gu, gdelta, gA, gB, gC, gD_part.sum(0), gz, gbias_part.sum(0), gs0};
 }
 
+// The decode projections exactly as `cpu_kernel.linear` computes them: the bf16 matrix-vector kernel
+// (torch.ops.cobra_linear.linear_bf16) for bf16 inputs of at most 8 rows where the CPU has AVX-512 BF16, else
+// at::linear (F.linear).
+at::Tensor project(const at::Tensor& x, const at::Tensor& w) {
+  static const auto available =
+      c10::Dispatcher::singleton().findSchemaOrThrow("cobra_linear::available", "").typed<bool()>().call();
+  static const auto gemv = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("cobra_linear::linear_bf16", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  if (available && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 && x.size(0) <= 8) {
+    return gemv.call(x, w);
+  }
+  return at::linear(x, w);
+}
+
+// One decoding step of a Mamba mixer between its in_proj and out_proj, fused into one call: the same operations,
+// in the same order and precision, as the unfused path (torch_ops.causal_conv1d for one token, the x_proj and dt_proj
+// projections as `project`, then selective_scan_fwd), without a Python dispatch per operation.
+// xz [M, 2D] (in_proj output, x then z); conv_state [M, D, K]; conv_w [D, K]; conv_b, dt_bias, Dv [D]; x_proj_w
+// [R + 2N, D]; dt_proj_w [D, R]; A [D, N] fp32; ssm_state [M, D, N] fp32.
+// Returns (y [M, D] in xz's dtype, new conv_state [M, D, K], new ssm_state [M, D, N] fp32).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_step(const at::Tensor& xz, const at::Tensor& conv_state,
+                                                          const at::Tensor& conv_w, const at::Tensor& conv_b,
+                                                          const at::Tensor& x_proj_w, const at::Tensor& dt_proj_w,
+                                                          const at::Tensor& dt_bias, const at::Tensor& A,
+                                                          const at::Tensor& Dv, const at::Tensor& ssm_state) {
+  const int64_t D = conv_w.size(0), K = conv_w.size(1), N = A.size(1), R = dt_proj_w.size(1);
+  TORCH_CHECK(xz.dim() == 2 && xz.size(1) == 2 * D, "mixer_step: xz must be [M, 2D]");
+  TORCH_CHECK(x_proj_w.size(0) == R + 2 * N && x_proj_w.size(1) == D, "mixer_step: x_proj_w must be [R + 2N, D]");
+  const at::ScalarType st = xz.scalar_type();
+  const at::Tensor x = xz.narrow(1, 0, D).unsqueeze(-1), z = xz.narrow(1, D, D).unsqueeze(-1);  // [M, D, 1]
+  // causal conv over the last K inputs, + bias, SiLU (torch_ops.causal_conv1d, L = 1)
+  const at::Tensor window = at::cat({conv_state.to(st), x}, -1).narrow(-1, 1, K);  // [M, D, K]: the new conv state
+  const at::Tensor conv = (window.to(at::kFloat) * conv_w.to(at::kFloat)).sum(-1, true) +
+                          conv_b.to(at::kFloat).unsqueeze(-1);  // [M, D, 1]
+  const at::Tensor u = at::silu(conv).to(st);                  // [M, D, 1]
+  const at::Tensor x_dbl = project(u.squeeze(-1), x_proj_w);   // [M, R + 2N]
+  const at::Tensor delta = project(x_dbl.narrow(1, 0, R), dt_proj_w).unsqueeze(-1);  // [M, D, 1]
+  const at::Tensor B = x_dbl.narrow(1, R, N).unsqueeze(-1), C = x_dbl.narrow(1, R + N, N).unsqueeze(-1);  // [M, N, 1]
+  auto [y, s] = selective_scan_fwd(u, delta, A, B, C, Dv, z, dt_bias, ssm_state);
+  return {y.squeeze(-1), window.contiguous(), s};
+}
+
 // The kernel variant in use: "avx512", "avx2" or "baseline".
 std::string isa() { return isa_name(current_isa()); }
 
@@ -318,6 +362,9 @@ TORCH_LIBRARY(cobra_scan, m) {
   m.def(
       "selective_scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, "
       "Tensor delta_bias, Tensor ssm_state, Tensor grad_y, Tensor grad_state) -> Tensor[]");
+  m.def(
+      "mixer_step(Tensor xz, Tensor conv_state, Tensor conv_w, Tensor conv_b, Tensor x_proj_w, Tensor dt_proj_w, "
+      "Tensor dt_bias, Tensor A, Tensor D, Tensor ssm_state) -> (Tensor, Tensor, Tensor)");
   m.def("isa() -> str", &cobra_scan::isa);
   m.def("cap_isa(str cap) -> str", &cobra_scan::cap_isa);
 }
@@ -325,4 +372,5 @@ TORCH_LIBRARY(cobra_scan, m) {
 TORCH_LIBRARY_IMPL(cobra_scan, CPU, m) {
   m.impl("selective_scan_fwd", &cobra_scan::selective_scan_fwd);
   m.impl("selective_scan_bwd", &cobra_scan::selective_scan_bwd);
+  m.impl("mixer_step", &cobra_scan::mixer_step);
 }

@@ -1,0 +1,74 @@
+"""GraphedStep's buffer logic, checked on the CPU with `capture_eagerly` (the CUDA capture itself is checked on a GPU by
+`python -m cobra_app.bench.cuda_check`, and by the last test here where CUDA is available)."""
+
+import pytest
+import torch
+
+from cobra_app.model.cuda_graph import GraphedStep, capture_eagerly
+from tests.model.test_mamba import TINY, tiny_lm
+
+
+def decode(step, lm, ids: torch.Tensor, prompt_len: int) -> tuple[list[torch.Tensor], list]:
+    """Prefill ids[:, :prompt_len], then step through the rest: (logits per step, state per step)."""
+    with torch.no_grad():
+        _, state = lm(ids[:, :prompt_len])
+        logits_seen, states_seen = [], []
+        for t in range(prompt_len, ids.shape[1]):
+            logits, state = step(ids[:, t], state)
+            logits_seen.append(logits)
+            states_seen.append(state)
+    return logits_seen, states_seen
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_graphed_steps_equal_eager_steps_and_return_values_the_caller_owns(batch):
+    lm = tiny_lm()
+    ids = torch.randint(0, TINY.vocab_size, (batch, 14), generator=torch.Generator().manual_seed(batch))
+    graphed = GraphedStep(lm.eager_step, capture=capture_eagerly)
+    logits, states = decode(graphed, lm, ids, prompt_len=8)
+    ref_logits, ref_states = decode(lm.eager_step, lm, ids, prompt_len=8)
+    # every step's outputs are still intact after later replays (cloned out of the static buffers, never aliased)
+    for got, ref in zip(logits, ref_logits, strict=True):
+        assert torch.equal(got, ref)
+    for got, ref in zip(states, ref_states, strict=True):
+        assert got.seqlen == ref.seqlen and got.max_abs_diff(ref) == 0
+    assert graphed.batch_sizes == [batch]
+
+
+def test_one_capture_per_batch_size_and_the_input_state_is_not_modified():
+    lm = tiny_lm()
+    captures = []
+
+    def counting_capture(fn):
+        captures.append(1)
+        return capture_eagerly(fn)
+
+    graphed = GraphedStep(lm.eager_step, capture=counting_capture)
+    with torch.no_grad():
+        _, pair = lm(torch.randint(0, TINY.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0)))
+        _, single = lm(torch.tensor([[3]]))
+        before = pair.clone()
+        for _ in range(3):
+            graphed(torch.tensor([1, 2]), pair)
+        graphed(torch.tensor([4]), single)
+    assert pair.max_abs_diff(before) == 0
+    assert len(captures) == 2 and graphed.batch_sizes == [1, 2]
+
+
+def test_cpu_steps_do_not_use_graphs():
+    lm = tiny_lm()
+    with torch.no_grad():
+        _, state = lm(torch.tensor([[1, 2, 3]]))
+        lm.step(torch.tensor([4]), state)
+    assert not hasattr(lm, "_graphs")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_steps_equal_eager_steps_on_cuda():
+    lm = tiny_lm().cuda()
+    ids = torch.randint(0, TINY.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1)).cuda()
+    logits, _ = decode(lm.step, lm, ids, prompt_len=6)
+    ref_logits, _ = decode(lm.eager_step, lm, ids, prompt_len=6)
+    assert hasattr(lm, "_graphs")
+    for got, ref in zip(logits, ref_logits, strict=True):
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
