@@ -271,12 +271,13 @@ class MambaLM(nn.Module):
             p.data = p.data.to(torch.float32 if name.endswith(FP32_PARAM_SUFFIXES) else dtype)
         return self
 
-    def init_weights(self, generator: torch.Generator | None = None) -> "MambaLM":
-        """Mamba's initialisation (mamba_ssm `Mamba.__init__` and `_init_weights`), in place. Returns self."""
+    def init_weights(self, generator: torch.Generator | None = None, embedding_std: float = 0.02) -> "MambaLM":
+        """Mamba's initialisation (mamba_ssm `Mamba.__init__` and `_init_weights`: embedding std 0.02; transformers'
+        MambaConfig uses 0.1), in place. Returns self."""
         cfg, g = self.config, generator
         bound = 1 / math.sqrt(cfg.d_model)
         with torch.no_grad():
-            self.backbone.embedding.weight.normal_(0.0, 0.02, generator=g)
+            self.backbone.embedding.weight.normal_(0.0, embedding_std, generator=g)
             for block in self.backbone.layers:
                 m = block.mixer
                 m.in_proj.weight.uniform_(-bound, bound, generator=g)
