@@ -134,8 +134,7 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     shapes = Image.new("RGBA", (big, big))
     draw = ImageDraw.Draw(shapes)
     for o in scene.objects:
-        r = o.size * big
-        draw.polygon([(o.x * big + r * u, o.y * big + r * v) for u, v in SHAPES[o.shape]], fill=COLOURS[o.colour])
+        draw.polygon(_outline(o, big), fill=COLOURS[o.colour])
     texture = Image.fromarray(rng.normal(size=(4, 4)).astype(np.float32))
     texture = texture.resize((size, size), Image.Resampling.BILINEAR)
     background = np.asarray(scene.background, np.float32) + scene.texture * np.asarray(texture)[..., None]
@@ -151,6 +150,11 @@ def object_map(scene: Scene, size: int = 64) -> np.ndarray:
     image = Image.new("L", (size, size))
     draw = ImageDraw.Draw(image)
     for k, o in enumerate(scene.objects):
-        r = o.size * size
-        draw.polygon([(o.x * size + r * u, o.y * size + r * v) for u, v in SHAPES[o.shape]], fill=k + 1)
+        draw.polygon(_outline(o, size), fill=k + 1)
     return np.asarray(image)
+
+
+def _outline(o: SceneObject, size: int) -> list[tuple[float, float]]:
+    """The object's polygon in pixel coordinates of a `size` x `size` canvas."""
+    r = o.size * size
+    return [(o.x * size + r * u, o.y * size + r * v) for u, v in SHAPES[o.shape]]

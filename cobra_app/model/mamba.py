@@ -357,10 +357,11 @@ class MambaLM(nn.Module):
         return logits[:, -1], state
 
     def _graphed_step(self) -> GraphedStep:
-        """The graphs for the current weights and operators, recaptured when the weights have moved or been modified
-        in place (graphs replay fixed addresses, and tensors derived from weights, like A, were computed at capture)."""
-        versions = sum(p._version for p in self.parameters())
-        key = (self.backbone.embedding.weight.data_ptr(), self.dtype, self.device, self.ops.name, versions)
+        """The graphs for the current weights and operators, recaptured when the weights have moved (graphs replay
+        fixed addresses) or A_log has changed (A = -exp(A_log) is the one tensor derived from weights, computed and
+        cached at capture; other in-place weight updates are read by the replay itself)."""
+        a_logs = tuple((b.mixer.A_log.data_ptr(), b.mixer.A_log._version) for b in self.backbone.layers)
+        key = (self.backbone.embedding.weight.data_ptr(), self.dtype, self.device, self.ops.name, a_logs)
         if getattr(self, "_graphs", (None,))[0] != key:
             self._graphs = (key, GraphedStep(self.eager_step))
         return self._graphs[1]
