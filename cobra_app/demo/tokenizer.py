@@ -1,5 +1,9 @@
 """A small GPT-NeoX-style byte-level BPE tokenizer for the demo Cobra, trained on the demo's own templates.
 
+Object names ("red square") are single tokens: the pre-tokenizer keeps each colour-shape pair in one piece, which
+training then merges. Named objects are the keys of existence and spatial questions; a small Mamba (no MLPs) learns
+to combine two words into one key slowly (docs/DEMO_MODEL.md), and one token per object removes that step.
+
 It keeps the release's conventions: `<|endoftext|>` is id 0 (eos, and also bos/unk/pad, no BOS is ever added),
 `<|padding|>` is id 1, and the Zephyr markers `<|user|>` / `<|assistant|>` are ordinary text. Training is deterministic:
 the corpus is a fixed-seed stream of conversations split into the exact per-turn strings the prompt builder produces.
@@ -8,12 +12,17 @@ the corpus is a fixed-seed stream of conversations split into the exact per-turn
 import itertools
 from collections.abc import Iterator
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 from cobra_app.demo.conversations import CLOSED_SETS, iter_training_examples
+from cobra_app.demo.scenes import COLOURS, SHAPES
 
 EOS, PAD = "<|endoftext|>", "<|padding|>"
+OBJECT_NAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
+# GPT-2's split (what ByteLevel's own regex does), preceded by whole object names
+GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+PRE_TOKENS = r" ?(?:" + "|".join(COLOURS) + ") (?:" + "|".join(SHAPES) + r")\b|" + GPT2_SPLIT
 CORPUS_SEED = 0
 CORPUS_CONVERSATIONS = 4000
 # generic English, so that users' free text does not fall apart into single bytes
@@ -55,20 +64,25 @@ def corpus() -> Iterator[str]:
 
 
 def build_demo_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train the demo tokenizer; every closed-set answer word ("Yes", "No", "True", "False") is a single token.
+    """Train the demo tokenizer; every closed-set answer word ("Yes", "No", "True", "False") and every object name
+    (" red square", after a space as in sentences) is a single token.
 
     `vocab_size` is an upper bound: the corpus runs out of merges at 1025 tokens, so 1024 (the default) is exact.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRE_TOKENS), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus(), trainer=trainer)
     split = [word for pair in CLOSED_SETS for word in pair if len(tokenizer.encode(word).ids) != 1]
+    split += [name for name in OBJECT_NAMES if len(tokenizer.encode(" " + name).ids) != 1]
     if split:
-        raise ValueError(f"closed-set answers {split} are not single tokens at vocab_size={vocab_size}")
+        raise ValueError(f"{split} are not single tokens at vocab_size={vocab_size}")
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,
                                    pad_token=EOS)

@@ -1,10 +1,12 @@
 """Train the offline demo Cobra on synthetic scenes (issue 4): `python -m cobra_app.demo.train --out assets/demo-model`.
 
 Stage 1, the vision warm-up (`warm_up_vision`): the release starts from pretrained DINOv2 and SigLIP towers; ours start
-from scratch, so they first learn alone to name the shape and colour under each patch (a linear head, then discarded).
-Stage 2, the release's single-stage recipe in miniature, with the vision tower trained too (at `vision_lr_scale`):
-each example is [image patches] + the per-turn Zephyr token ids exactly as inference builds them
-(`TurnTokenizer.user_turn_ids` / `assistant_turn_ids`), and the loss covers the assistant tokens only (their EOS included).
+from scratch, so they first learn alone (linear heads, then discarded) to name the shape and colour under each patch
+and, at every patch, the whole scene: which objects are present and where (`scene_inventory`).
+Stage 2, the release's single-stage recipe in miniature (the tower frozen, as the release's is, unless
+`vision_lr_scale` > 0): each example is [image patches] + the per-turn Zephyr token ids exactly as inference builds
+them (`TurnTokenizer.user_turn_ids` / `assistant_turn_ids`), and the loss covers the assistant tokens only (their EOS
+included), plus an auxiliary object loss at the tokens that name objects (`ObjectHead`, discarded after training).
 
 Speed on a 2-core CPU comes from exactness-preserving batching, not from changing the model:
 - all questions about one scene share its image: the vision tower runs once per scene, and so does the Mamba over the
@@ -24,6 +26,7 @@ import dataclasses
 import json
 import math
 import re
+from functools import cache
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -38,8 +41,8 @@ from tqdm import tqdm
 
 from cobra_app.demo.conversations import FOLLOW_UPS, QA, iter_training_examples, make_eval_set
 from cobra_app.demo.model_config import demo_config
-from cobra_app.demo.scenes import COLOURS, SHAPES, Scene, object_map, render, sample_scene
-from cobra_app.demo.tokenizer import build_demo_tokenizer
+from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_scene
+from cobra_app.demo.tokenizer import OBJECT_NAMES, build_demo_tokenizer
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 from cobra_app.model.mamba import LayerState, MambaState
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
@@ -73,10 +76,13 @@ class TrainConfig:
     n_layer: int | None = None
     d_state: int | None = None
     # stage 1, the vision warm-up (the release starts from pretrained DINOv2 / SigLIP; ours start from scratch)
-    vision_steps: int = 300
+    vision_steps: int = 1500
     vision_lr: float = 1e-3
     vision_images: int = 64  # scenes per vision warm-up step
-    vision_lr_scale: float = 0.25  # stage 2 trains the tower too, more gently than the language model
+    vision_lr_scale: float = 0.0  # stage 2 learning rate of the tower relative to the rest; 0 = frozen (the release)
+    # stage 2's auxiliary object loss (ObjectHead): its weight, and the block whose output it reads (0-based)
+    object_loss_weight: float = 1.0
+    object_loss_layer: int = 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,6 +141,8 @@ class Batch:
     lengths: list[int]  # text lengths, non-increasing
     chunks: list[tuple[int, int, int]]  # (start, end, active rows): feed ids[:active, start:end]
     order: list[int]  # order[r] = index (in the `rows` given to make_batch) of sorted row r
+    objects: Tensor  # [R, Lmax, 3] (present, x, y) in the row's scene of the object a text token names (ObjectHead)
+    names_object: Tensor  # [R, Lmax] bool: the text token is an object name ("red square")
 
     @property
     def num_label_tokens(self) -> int:
@@ -151,6 +159,17 @@ def chunk_plan(lengths: Sequence[int], min_chunk: int) -> list[tuple[int, int, i
             plan.append((start, end, sum(1 for n in lengths if n > start)))
             start = end
     return plan
+
+
+@cache
+def object_token_pairs(tokens: TurnTokenizer) -> dict[int, int]:
+    """Token id of each object name (" red square", one token in the demo tokenizer) -> its index in PAIRS."""
+    ids = {}
+    for name in OBJECT_NAMES:
+        colour, shape = name.split()
+        (token,) = tokens.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
+        ids[token] = PAIRS.index((shape, colour))
+    return ids
 
 
 def make_batch(
@@ -177,7 +196,13 @@ def make_batch(
         ids[r, : len(row_ids)] = torch.tensor(row_ids)
         labels[r, : len(row_ids)] = torch.tensor(labels_for(row_ids, assistant))
     row_scene = torch.tensor([scene_idx for scene_idx, _, _ in encoded])
-    return Batch(pixel_values, row_scene, ids, labels, lengths, chunk_plan(lengths, min_chunk), order)
+    inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, 3, pairs]
+    pair_of = object_token_pairs(tokens)
+    pair = torch.tensor([[pair_of.get(int(t), -1) for t in row] for row in ids])  # [R, Lmax], -1: names no object
+    names_object = (pair >= 0) & (torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None])
+    objects = inventories[row_scene[:, None], :, pair.clamp(min=0)]  # [R, Lmax, 3]
+    return Batch(pixel_values, row_scene, ids, labels, lengths, chunk_plan(lengths, min_chunk), order, objects,
+                 names_object)
 
 
 class BatchStream:
@@ -224,13 +249,53 @@ def batch_logits(vlm: CobraVLM, batch: Batch) -> Iterator[tuple[int, int, int, T
         yield start, end, active, logits
 
 
-def batch_loss(vlm: CobraVLM, batch: Batch) -> Tensor:
-    """Mean cross-entropy over the batch's assistant tokens."""
-    total = torch.zeros(())
-    for start, end, active, logits in batch_logits(vlm, batch):
-        labels = batch.labels[:active, start:end]
-        total = total + F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-    return total / max(batch.num_label_tokens, 1)
+class ObjectHead(nn.Module):
+    """Stage 2's auxiliary read-out (discarded after training): at every token that names an object ("red square",
+    in a question or an answer), the residual stream after block `layer` says whether that object is in the image and
+    where its centre is.
+
+    Why: existence and spatial questions are keyed by the objects they name, and their Yes/No answers give no partial
+    credit, so the language model gets no gradient towards looking an object up until it already can; this loss pays
+    for the look-up one step earlier, at the name itself (measured in docs/DEMO_MODEL.md)."""
+
+    def __init__(self, d_model: int, layer: int, weight: float) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, 3)
+        self.layer, self.weight = layer, weight
+
+    def loss(self, stream: Tensor, objects: Tensor, names_object: Tensor) -> Tensor:
+        """stream [R, L, d]; objects [R, L, 3] (present, x, y); names_object [R, L] -> summed loss over the named
+        objects (presence binary cross-entropy, plus 10 x the squared centre error of present ones)."""
+        predicted = self.proj(stream)  # [R, L, 3]
+        present = objects[..., 0]
+        presence = F.binary_cross_entropy_with_logits(predicted[..., 0], present, reduction="none")
+        where = ((predicted[..., 1:] - objects[..., 1:]) ** 2).sum(-1) * present
+        return ((presence + 10 * where) * names_object).sum()
+
+
+def batch_loss(vlm: CobraVLM, batch: Batch, object_head: ObjectHead | None = None) -> Tensor:
+    """Mean cross-entropy over the batch's assistant tokens, plus (with `object_head`) its weight x its mean loss
+    over the tokens that name objects."""
+    total, objects = torch.zeros(()), torch.zeros(())
+    streams: list[Tensor] = []  # output of block `object_head.layer` (residual + hidden), one per llm call
+    hook = (vlm.llm.backbone.layers[object_head.layer].register_forward_hook(
+        lambda module, inputs, out: streams.append(out[1] + out[0].float())) if object_head else None)
+    try:
+        for start, end, active, logits in batch_logits(vlm, batch):
+            labels = batch.labels[:active, start:end]
+            total = total + F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                                            reduction="sum")
+            if object_head:
+                objects = objects + object_head.loss(streams[-1], batch.objects[:active, start:end],
+                                                     batch.names_object[:active, start:end])
+                streams.clear()
+    finally:
+        if hook:
+            hook.remove()
+    loss = total / max(batch.num_label_tokens, 1)
+    if object_head:
+        loss = loss + object_head.weight * objects / max(int(batch.names_object.sum()), 1)
+    return loss
 
 
 @torch.no_grad()
@@ -276,18 +341,36 @@ def patch_targets(scene: Scene, image_size: int, grid: int) -> tuple[np.ndarray,
     return shape_of[owner], colour_of[owner]
 
 
+def scene_inventory(scene: Scene) -> np.ndarray:
+    """The whole scene as one target [3, len(PAIRS)]: presence of each (shape, colour) pair, and its centre x, y."""
+    inventory = np.zeros((3, len(PAIRS)), dtype=np.float32)
+    for o in scene.objects:
+        k = PAIRS.index((o.shape, o.colour))
+        inventory[:, k] = (1.0, o.x, o.y)
+    return inventory
+
+
 class WarmUpHead(nn.Module):
-    """Linear read-out of the vision warm-up (discarded afterwards): the shape and colour under each patch."""
+    """Linear read-outs of the vision warm-up (discarded afterwards), applied to every patch: the shape and colour
+    under the patch, and the scene's whole inventory (which pairs are present, and where)."""
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
         self.patch = nn.Linear(embed_dim, len(SHAPE_CLASSES) + len(COLOUR_CLASSES))
+        self.inventory = nn.Linear(embed_dim, 3 * len(PAIRS))
 
-    def loss(self, features: Tensor, shapes: Tensor, colours: Tensor) -> Tensor:
-        """features [B, P, C]; shapes, colours [B, P] class indices -> summed mean cross-entropies."""
+    def loss(self, features: Tensor, shapes: Tensor, colours: Tensor, inventory: Tensor) -> Tensor:
+        """features [B, P, C]; shapes, colours [B, P] class indices; inventory [B, 3, len(PAIRS)] -> summed losses
+        (cross-entropies, presence binary cross-entropy, squared error of present pairs' centres)."""
         shape_logits, colour_logits = self.patch(features).split([len(SHAPE_CLASSES), len(COLOUR_CLASSES)], dim=-1)
+        predicted = self.inventory(features).unflatten(-1, (3, len(PAIRS)))  # [B, P, 3, pairs]
+        target = inventory[:, None].expand_as(predicted)
+        present = target[..., 0, :]
+        where = ((predicted[..., 1:, :] - target[..., 1:, :]) ** 2 * present[..., None, :]).sum((-1, -2))
         return (F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
-                + F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten()))
+                + F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten())
+                + F.binary_cross_entropy_with_logits(predicted[..., 0, :], present) * len(PAIRS) / 4
+                + 10 * (where / present.sum(-1)).mean())
 
 
 def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadline: float | None = None) -> list[dict]:
@@ -312,8 +395,9 @@ def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadl
         pixels = [vlm.image_transform(render(scene, image_size)) for scene in scenes]
         targets = [patch_targets(scene, image_size, grid) for scene in scenes]
         shapes, colours = (torch.from_numpy(np.stack(t)) for t in zip(*targets))  # [B, P] each
+        inventory = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [B, 3, pairs]
         features = vision({name: torch.stack([p[name] for p in pixels]) for name in pixels[0]})  # [B, P, C]
-        loss = head.loss(features, shapes, colours)
+        loss = head.loss(features, shapes, colours, inventory)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -398,7 +482,14 @@ def train(
     image_size = config.vision.image_size
     stream = BatchStream(cfg.seed, tokens, vlm.image_transform, image_size, cfg)
     monitor_items = make_eval_set(MONITOR_SEED, cfg.monitor_items) if cfg.monitor_every else []
-    optimizer = torch.optim.AdamW(param_groups(vlm, cfg.weight_decay, cfg.vision_lr_scale), lr=cfg.lr, betas=cfg.betas)
+    if cfg.vision_lr_scale == 0:
+        vlm.vision_backbone.requires_grad_(False)
+    object_head = (ObjectHead(config.llm.d_model, cfg.object_loss_layer, cfg.object_loss_weight)
+                   if cfg.object_loss_weight else None)
+    groups = param_groups(vlm, cfg.weight_decay, cfg.vision_lr_scale)
+    if object_head:
+        groups.append({"params": list(object_head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     log_file = None
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -421,10 +512,10 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             batch = next(stream)
-            loss = batch_loss(vlm, batch)
+            loss = batch_loss(vlm, batch, object_head)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(vlm.parameters(), cfg.grad_clip))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip))
             optimizer.step()
             value = loss.item()
             ema = value if ema is None else 0.95 * ema + 0.05 * value

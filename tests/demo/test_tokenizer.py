@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from cobra_app.demo.conversations import CLOSED_SETS, iter_training_examples
-from cobra_app.demo.tokenizer import build_demo_tokenizer
+from cobra_app.demo.tokenizer import OBJECT_NAMES, build_demo_tokenizer
 
 TEXTS = (
     "<|user|>\nIs the red circle to the left of the blue square?<|endoftext|>\n<|assistant|>\n",
@@ -49,7 +49,15 @@ def test_roundtrip_of_templates_and_free_text(tokenizer):
     for text in [*texts, *TEXTS]:
         assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
     assert tokenizer.tokenize("There are two objects: a red circle and an orange cross.") == [
-        "There", "Ġare", "Ġtwo", "Ġobjects", ":", "Ġa", "Ġred", "Ġcircle", "Ġand", "Ġan", "Ġorange", "Ġcross", "."]
+        "There", "Ġare", "Ġtwo", "Ġobjects", ":", "Ġa", "ĠredĠcircle", "Ġand", "Ġan", "ĠorangeĠcross", "."]
+
+
+def test_every_object_name_is_one_token_and_other_spellings_still_roundtrip(tokenizer):
+    for name in OBJECT_NAMES:
+        assert len(tokenizer(" " + name)["input_ids"]) == 1, name
+    for text in ("Is the red  circle here?", "red circles and a redcircle", "a square that is red", "Red Circle"):
+        ids = tokenizer(text)["input_ids"]
+        assert tokenizer.decode(ids) == text and len(ids) > 1
 
 
 def test_build_is_deterministic(tokenizer):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from cobra_app.demo import train as T
 from cobra_app.demo.conversations import QA, iter_training_examples
 from cobra_app.demo.model_config import demo_config, tiny_config
-from cobra_app.demo.scenes import Scene, SceneObject, render
+from cobra_app.demo.scenes import PAIRS, Scene, SceneObject, render
 from cobra_app.demo.tokenizer import build_demo_tokenizer
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
 
@@ -98,6 +98,61 @@ def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, token
     assert loss.item() == pytest.approx(total / count, rel=1e-5)  # the same sums, in another order (fp32)
 
 
+def test_batch_marks_each_object_name_with_that_object_in_the_rows_scene(tokens):
+    red = SceneObject("circle", "red", size=0.1, x=0.25, y=0.4)
+    scene = Scene((red,), background=(245, 245, 245), texture=0.0, grain=0.0, noise_seed=0)
+    rows = [(0, [QA("Is there a red circle?", "Yes", "exist")]), (0, [QA("Is there a blue cross?", "No", "exist")]),
+            (0, [QA("Describe the image.", "There is one object: a red circle.", "describe")])]
+    batch = T.make_batch([scene], rows, tokens, lambda image: {"x": torch.zeros(1)}, 64)
+    named = {}
+    for r, row in enumerate(batch.order):
+        marked = batch.names_object[r].nonzero().flatten().tolist()
+        names = [tokens.tokenizer.decode(batch.ids[r, t]) for t in marked]
+        named[row] = [(name, batch.objects[r, t].tolist()) for name, t in zip(names, marked)]
+    assert named[0] == [(" red circle", pytest.approx([1, 0.25, 0.4]))]
+    assert named[1] == [(" blue cross", [0, 0, 0])]
+    assert named[2] == [(" red circle", pytest.approx([1, 0.25, 0.4]))]  # in the answer too
+
+
+def test_object_loss_of_a_chunked_batch_equals_one_sequence_per_row(tokenizer, tokens):
+    """The auxiliary loss reads the stream after block `layer` at the right positions, chunked or not."""
+    config = tiny_config(len(tokenizer))
+    vlm = T.build_model(config, seed=0)
+    head = T.ObjectHead(config.llm.d_model, layer=1, weight=0.5)
+    examples = [ex for ex, _ in zip(iter_training_examples(3), range(6))]
+    rows = [(i, conv) for i, (_, conv) in enumerate(examples)]
+    batch = T.make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform, config.vision.image_size,
+                         min_chunk=2)
+    assert batch.names_object.sum() > 3 and len(batch.chunks) > 1
+    auxiliary = (T.batch_loss(vlm, batch, head) - T.batch_loss(vlm, batch)).item()
+
+    streams = []
+    hook = vlm.llm.backbone.layers[1].register_forward_hook(lambda m, i, out: streams.append(out[1] + out[0].float()))
+    total = 0.0
+    for r, row in enumerate(batch.order):
+        scene_idx, turns = rows[row]
+        ids, _ = T.encode_turns(turns, tokens)
+        pixels = vlm.image_transform(render(examples[scene_idx][0], config.vision.image_size))
+        streams.clear()
+        vlm({k: v[None] for k, v in pixels.items()}, torch.tensor([ids]))
+        text = streams[-1][:, -len(ids):]  # [1, L, d] the text positions of [image + text]
+        n = len(ids)
+        total += head.loss(text, batch.objects[r : r + 1, :n], batch.names_object[r : r + 1, :n]).item()
+    hook.remove()
+    assert auxiliary == pytest.approx(0.5 * total / int(batch.names_object.sum()), rel=1e-4)
+
+
+def test_stage_two_keeps_the_warmed_up_tower_frozen_by_default(tokenizer):
+    cfg = T.TrainConfig(steps=3, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0)
+    assert cfg.vision_lr_scale == 0
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in T.build_model(tiny_config(len(tokenizer)), seed=cfg.seed).state_dict().items()}
+    result = T.train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    changed = {k for k, v in result.vlm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and not any(k.startswith("vision_backbone.") for k in changed)
+    assert any(k.startswith("projector.") for k in changed) and any(k.startswith("llm.") for k in changed)
+
+
 def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path):
     from cobra_app.loading import load
 
@@ -152,6 +207,32 @@ def test_patch_targets_name_the_object_under_each_patch():
     assert names[3] == names[12] == "background"
     assert [T.COLOUR_CLASSES[c] for c in colours[[0, 5, 10, 15, 3]]] == ["red", "red", "blue", "blue", "background"]
     assert ((shapes == 0) == (colours == 0)).all()
+
+
+def test_scene_inventory_lists_each_present_pair_with_its_centre():
+    circle = SceneObject("circle", "red", size=0.1, x=0.25, y=0.4)
+    cross = SceneObject("cross", "blue", size=0.1, x=0.75, y=0.6)
+    scene = Scene((circle, cross), background=(245, 245, 245), texture=0.0, grain=0.0, noise_seed=0)
+    inventory = T.scene_inventory(scene)  # [presence / x / y, pair]
+    assert inventory.shape == (3, len(PAIRS)) and inventory[0].sum() == 2
+    assert inventory[:, PAIRS.index(("circle", "red"))].tolist() == pytest.approx([1, 0.25, 0.4])
+    assert inventory[:, PAIRS.index(("cross", "blue"))].tolist() == pytest.approx([1, 0.75, 0.6])
+    assert not inventory[:, PAIRS.index(("cross", "red"))].any()
+
+
+def test_warm_up_inventory_loss_scores_the_centres_of_present_pairs_only():
+    torch.manual_seed(0)
+    head = T.WarmUpHead(embed_dim=8)
+    features, shapes, colours = torch.randn(1, 4, 8), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)
+    inventory = torch.zeros(1, 3, len(PAIRS))
+    inventory[0, :, 3] = torch.tensor([1.0, 0.2, 0.7])  # one present pair
+    base = head.loss(features, shapes, colours, inventory)
+    with torch.no_grad():
+        head.inventory.bias[len(PAIRS) + 5] += 1.0  # x of an absent pair: not scored
+    assert torch.equal(head.loss(features, shapes, colours, inventory), base)
+    with torch.no_grad():
+        head.inventory.bias[len(PAIRS) + 3] += 1.0  # x of the present pair
+    assert head.loss(features, shapes, colours, inventory) != base
 
 
 def test_vision_warm_up_trains_the_tower_only(tokenizer):
