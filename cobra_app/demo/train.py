@@ -26,10 +26,10 @@ import dataclasses
 import json
 import math
 import re
-from functools import cache
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from functools import cache
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from tqdm import tqdm
 from cobra_app.demo.conversations import FOLLOW_UPS, QA, iter_training_examples, make_eval_set
 from cobra_app.demo.model_config import demo_config
 from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_scene
-from cobra_app.demo.tokenizer import OBJECT_NAMES, build_demo_tokenizer
+from cobra_app.demo.tokenizer import build_demo_tokenizer
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 from cobra_app.model.mamba import LayerState, MambaState
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
@@ -162,14 +162,14 @@ def chunk_plan(lengths: Sequence[int], min_chunk: int) -> list[tuple[int, int, i
 
 
 @cache
-def object_token_pairs(tokens: TurnTokenizer) -> dict[int, int]:
-    """Token id of each object name (" red square", one token in the demo tokenizer) -> its index in PAIRS."""
-    ids = {}
-    for name in OBJECT_NAMES:
-        colour, shape = name.split()
-        (token,) = tokens.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
-        ids[token] = PAIRS.index((shape, colour))
-    return ids
+def object_pair_of_token(tokens: TurnTokenizer) -> Tensor:
+    """[vocab] index in PAIRS of the object each token names (" red square", one token in the demo tokenizer), -1 for
+    tokens that name none."""
+    pair_of = torch.full((len(tokens.tokenizer),), -1, dtype=torch.long)
+    for k, (shape, colour) in enumerate(PAIRS):
+        (token,) = tokens.tokenizer(f" {colour} {shape}", add_special_tokens=False)["input_ids"]
+        pair_of[token] = k
+    return pair_of
 
 
 def make_batch(
@@ -197,8 +197,7 @@ def make_batch(
         labels[r, : len(row_ids)] = torch.tensor(labels_for(row_ids, assistant))
     row_scene = torch.tensor([scene_idx for scene_idx, _, _ in encoded])
     inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, 3, pairs]
-    pair_of = object_token_pairs(tokens)
-    pair = torch.tensor([[pair_of.get(int(t), -1) for t in row] for row in ids])  # [R, Lmax], -1: names no object
+    pair = object_pair_of_token(tokens)[ids]  # [R, Lmax], -1: names no object
     names_object = (pair >= 0) & (torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None])
     objects = inventories[row_scene[:, None], :, pair.clamp(min=0)]  # [R, Lmax, 3]
     return Batch(pixel_values, row_scene, ids, labels, lengths, chunk_plan(lengths, min_chunk), order, objects,
@@ -266,10 +265,7 @@ class ObjectHead(nn.Module):
     def loss(self, stream: Tensor, objects: Tensor, names_object: Tensor) -> Tensor:
         """stream [R, L, d]; objects [R, L, 3] (present, x, y); names_object [R, L] -> summed loss over the named
         objects (presence binary cross-entropy, plus 10 x the squared centre error of present ones)."""
-        predicted = self.proj(stream)  # [R, L, 3]
-        present = objects[..., 0]
-        presence = F.binary_cross_entropy_with_logits(predicted[..., 0], present, reduction="none")
-        where = ((predicted[..., 1:] - objects[..., 1:]) ** 2).sum(-1) * present
+        presence, where = object_errors(self.proj(stream), objects)  # [R, L] each
         return ((presence + 10 * where) * names_object).sum()
 
 
@@ -350,6 +346,15 @@ def scene_inventory(scene: Scene) -> np.ndarray:
     return inventory
 
 
+def object_errors(predicted: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """predicted [..., 3] (presence logit, x, y), target [..., 3] (present 0/1, x, y) -> (presence binary
+    cross-entropy [...], squared centre error [...], 0 where the object is absent)."""
+    present = target[..., 0]
+    presence = F.binary_cross_entropy_with_logits(predicted[..., 0], present, reduction="none")
+    where = ((predicted[..., 1:] - target[..., 1:]) ** 2).sum(-1) * present
+    return presence, where
+
+
 class WarmUpHead(nn.Module):
     """Linear read-outs of the vision warm-up (discarded afterwards), applied to every patch: the shape and colour
     under the patch, and the scene's whole inventory (which pairs are present, and where)."""
@@ -363,14 +368,12 @@ class WarmUpHead(nn.Module):
         """features [B, P, C]; shapes, colours [B, P] class indices; inventory [B, 3, len(PAIRS)] -> summed losses
         (cross-entropies, presence binary cross-entropy, squared error of present pairs' centres)."""
         shape_logits, colour_logits = self.patch(features).split([len(SHAPE_CLASSES), len(COLOUR_CLASSES)], dim=-1)
-        predicted = self.inventory(features).unflatten(-1, (3, len(PAIRS)))  # [B, P, 3, pairs]
-        target = inventory[:, None].expand_as(predicted)
-        present = target[..., 0, :]
-        where = ((predicted[..., 1:, :] - target[..., 1:, :]) ** 2 * present[..., None, :]).sum((-1, -2))
+        predicted = self.inventory(features).unflatten(-1, (3, len(PAIRS))).transpose(-1, -2)  # [B, P, pairs, 3]
+        presence, where = object_errors(predicted, inventory.transpose(-1, -2)[:, None].expand_as(predicted))
         return (F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
                 + F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten())
-                + F.binary_cross_entropy_with_logits(predicted[..., 0, :], present) * len(PAIRS) / 4
-                + 10 * (where / present.sum(-1)).mean())
+                + presence.mean() * len(PAIRS) / 4
+                + 10 * (where.sum(-1) / inventory[:, None, 0].sum(-1)).mean())
 
 
 def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadline: float | None = None) -> list[dict]:
