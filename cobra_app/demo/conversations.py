@@ -52,7 +52,7 @@ def with_article(noun_phrase: str) -> str:
     return f"{'an' if noun_phrase[0] in 'aeiou' else 'a'} {noun_phrase}"
 
 
-def _plural(shape: str) -> str:
+def plural(shape: str) -> str:
     return shape + ("es" if shape.endswith(("s", "x", "ch", "sh")) else "s")
 
 
@@ -89,7 +89,7 @@ def ask_count(scene: Scene, rng: np.random.Generator) -> Fact:
     value = _choice(rng, present if _yes(rng) else list({"colour": COLOURS, "shape": SHAPES}[target]))
     templates = {"colour": ("How many {value} objects are there?", "How many {value} shapes are in the image?"),
                  "shape": ("How many {value} are there?", "How many {value} are in the image?")}[target]
-    slot = value if target == "colour" else _plural(value)
+    slot = value if target == "colour" else plural(value)
     return Fact(templates, {"value": slot}, NUMBERS[present.count(value)].capitalize() + ".", (target,))
 
 

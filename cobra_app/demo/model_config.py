@@ -15,7 +15,7 @@ from cobra_app.model.mamba import MambaConfig
 from cobra_app.model.vision import VISION_BACKBONES, VisionBackboneConfig
 
 DEMO_MODEL_ID = "cobra-demo-synthetic"
-DEMO_VISION_ID = "small-dinosiglip-64px"  # 64 px, stride 8 -> 8 x 8 = 64 patches; widths 96 + 128 = 224, 4 blocks each
+DEMO_VISION_ID = "small-dinosiglip-64px"  # 64 px, stride 16 -> 4 x 4 = 16 patches; widths 96 + 128 = 224, 4 blocks each
 DEMO_ARCH = "no-align+fused-gelu-mlp"
 DEMO_D_MODEL = 256
 DEMO_N_LAYER = 4

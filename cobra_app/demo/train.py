@@ -6,7 +6,8 @@ and, at every patch, the whole scene: which objects are present and where (`scen
 Stage 2, the release's single-stage recipe in miniature (the tower frozen, as the release's is, unless
 `vision_lr_scale` > 0): each example is [image patches] + the per-turn Zephyr token ids exactly as inference builds
 them (`TurnTokenizer.user_turn_ids` / `assistant_turn_ids`), and the loss covers the assistant tokens only (their EOS
-included), plus an auxiliary object loss at the tokens that name objects (`ObjectHead`, discarded after training).
+included), plus auxiliary look-up losses at the tokens that name objects, shapes or colours (`LookupHeads`, discarded
+after training).
 
 Speed on a 2-core CPU comes from exactness-preserving batching, not from changing the model:
 - all questions about one scene share its image: the vision tower runs once per scene, and so does the Mamba over the
@@ -39,9 +40,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cobra_app.demo.conversations import FOLLOW_UPS, QA, iter_training_examples, make_eval_set
+from cobra_app.demo.conversations import (FOLLOW_UPS, QA, RELATION_PHRASES, iter_training_examples, make_eval_set,
+                                          plural)
 from cobra_app.demo.model_config import demo_config
-from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_scene
+from cobra_app.demo.scenes import COLOURS, PAIRS, RELATIONS, SHAPES, Scene, object_map, render, sample_scene
 from cobra_app.demo.tokenizer import build_demo_tokenizer
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 from cobra_app.model.mamba import LayerState, MambaState
@@ -79,10 +81,15 @@ class TrainConfig:
     vision_steps: int = 1500
     vision_lr: float = 1e-3
     vision_images: int = 64  # scenes per vision warm-up step
+    # the oracle stage: the first `oracle_steps` of stage 2 read perfect vision (OracleTokens) instead of the images;
+    # then the projector learns to output those tokens (`projector_steps`, the tower frozen), and stage 2 goes on
+    oracle_steps: int = 600
+    projector_steps: int = 300
     vision_lr_scale: float = 0.0  # stage 2 learning rate of the tower relative to the rest; 0 = frozen (the release)
-    # stage 2's auxiliary object loss (ObjectHead): its weight, and the block whose output it reads (0-based)
-    object_loss_weight: float = 1.0
-    object_loss_layer: int = 1
+    # stage 2's auxiliary look-up losses (LookupHeads): their weight, and the blocks whose outputs they read (0-based)
+    lookup_loss_weight: float = 1.0
+    lookup_layer: int = 1
+    offset_layer: int = 2
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -135,14 +142,18 @@ class Batch:
     """Scenes (pixels) and the text rows that continue from their image state, sorted by length (longest first)."""
 
     pixel_values: dict[str, Tensor]  # {branch: [S, 3, H, W]}
+    inventories: Tensor  # [S, 3, pairs] each scene's `scene_inventory` (what the oracle stage's image tokens encode)
     row_scene: Tensor  # [R] index of each row's scene
     ids: Tensor  # [R, Lmax] right-padded text ids
     labels: Tensor  # [R, Lmax] IGNORE outside assistant-token targets
     lengths: list[int]  # text lengths, non-increasing
     chunks: list[tuple[int, int, int]]  # (start, end, active rows): feed ids[:active, start:end]
     order: list[int]  # order[r] = index (in the `rows` given to make_batch) of sorted row r
-    objects: Tensor  # [R, Lmax, 3] (present, x, y) in the row's scene of the object a text token names (ObjectHead)
-    names_object: Tensor  # [R, Lmax] bool: the text token is an object name ("red square")
+    lookup: Tensor  # [R, Lmax, LOOKUP_SLOTS] what each text token's name refers to in the row's scene (LookupHeads)
+    lookup_mask: Tensor  # [R, Lmax, LOOKUP_SLOTS] bool: which of those slots apply to the token
+    offsets: Tensor  # [R, Lmax, 3] a named object's centre minus that of the object named before it in the row (x, y),
+    # and, after a relation word, how far that relation holds: "A left of B" at B -> B.x - A.x (RELATIONS' sign)
+    offset_mask: Tensor  # [R, Lmax, 3] bool: both objects are in the scene (x, y); and B follows a relation word
 
     @property
     def num_label_tokens(self) -> int:
@@ -161,15 +172,63 @@ def chunk_plan(lengths: Sequence[int], min_chunk: int) -> list[tuple[int, int, i
     return plan
 
 
+# The look-up targets at a text token, by slot (LookupHeads): for an object name (" red square"), whether that object
+# is in the scene and its centre; for a shape word (" square", " squares"), which colours that shape has in the scene;
+# for a colour word (" red"), which shapes have that colour.
+PRESENT, CENTRE, COLOURS_OF_SHAPE, SHAPES_OF_COLOUR = slice(0, 1), slice(1, 3), slice(3, 9), slice(9, 14)
+LOOKUP_SLOTS = 14
+assert (COLOURS_OF_SHAPE.stop - COLOURS_OF_SHAPE.start, SHAPES_OF_COLOUR.stop - SHAPES_OF_COLOUR.start) == (
+    len(COLOURS), len(SHAPES)) and list(PAIRS) == [(s, c) for s in SHAPES for c in COLOURS]
+
+
 @cache
-def object_pair_of_token(tokens: TurnTokenizer) -> Tensor:
-    """[vocab] index in PAIRS of the object each token names (" red square", one token in the demo tokenizer), -1 for
-    tokens that name none."""
-    pair_of = torch.full((len(tokens.tokenizer),), -1, dtype=torch.long)
-    for k, (shape, colour) in enumerate(PAIRS):
-        (token,) = tokens.tokenizer(f" {colour} {shape}", add_special_tokens=False)["input_ids"]
-        pair_of[token] = k
-    return pair_of
+def token_keys(tokens: TurnTokenizer) -> Tensor:
+    """[vocab, 4] what each token names: (index in PAIRS, in SHAPES, in COLOURS, in RELATIONS), -1 where it names none
+    of these. Object names, shape words (singular and plural), colour words and relation phrases (" above the") are
+    single tokens of the demo tokenizer."""
+    keys = torch.full((len(tokens.tokenizer), 4), -1, dtype=torch.long)
+    entries = [(0, k, f"{colour} {shape}") for k, (shape, colour) in enumerate(PAIRS)]
+    entries += [(1, k, word) for k, shape in enumerate(SHAPES) for word in (shape, plural(shape))]
+    entries += [(2, k, colour) for k, colour in enumerate(COLOURS)]
+    entries += [(3, k, f"{RELATION_PHRASES[relation]} the") for k, relation in enumerate(RELATIONS)]
+    for column, k, word in entries:
+        (token,) = tokens.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        keys[token, column] = k
+    return keys
+
+
+def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, lengths: Sequence[int],
+                   tokens: TurnTokenizer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """inventories [S, 3, pairs] (`scene_inventory`), row_scene [R], ids [R, L] -> the Batch's (lookup, lookup_mask,
+    offsets, offset_mask)."""
+    R, L = ids.shape
+    inside = torch.arange(L) < torch.tensor(lengths)[:, None]  # [R, L]
+    pair, shape, colour, relation = (k.masked_fill(~inside, -1) for k in token_keys(tokens)[ids].unbind(-1))  # [R, L]
+    scene = inventories[row_scene]  # [R, 3, pairs]
+    named = scene[torch.arange(R)[:, None], :, pair.clamp(min=0)]  # [R, L, 3] (present, x, y) of the named object
+    grid = scene[:, 0].unflatten(-1, (len(SHAPES), len(COLOURS)))  # [R, shapes, colours] presence
+    lookup = torch.zeros(R, L, LOOKUP_SLOTS)
+    mask = torch.zeros(R, L, LOOKUP_SLOTS, dtype=torch.bool)
+    lookup[..., :3] = named
+    mask[..., PRESENT] = (pair >= 0)[..., None]
+    mask[..., CENTRE] = ((pair >= 0) & (named[..., 0] > 0))[..., None]
+    lookup[..., COLOURS_OF_SHAPE] = grid[torch.arange(R)[:, None], shape.clamp(min=0)]  # [R, L, colours]
+    mask[..., COLOURS_OF_SHAPE] = (shape >= 0)[..., None]
+    lookup[..., SHAPES_OF_COLOUR] = grid.transpose(1, 2)[torch.arange(R)[:, None], colour.clamp(min=0)]
+    mask[..., SHAPES_OF_COLOUR] = (colour >= 0)[..., None]
+    # the object named before each position: the latest object-name position strictly before it
+    latest = torch.where(pair >= 0, torch.arange(L), -1).cummax(dim=1).values  # [R, L]
+    before = F.pad(latest[:, :-1], (1, 0), value=-1)  # [R, L]
+    previous = named.gather(1, before.clamp(min=0)[..., None].expand(-1, -1, 3))  # [R, L, 3]
+    has_offset = (pair >= 0) & (before >= 0) & (named[..., 0] > 0) & (previous[..., 0] > 0)  # [R, L]
+    offsets = torch.zeros(R, L, 3)
+    offsets[..., :2] = named[..., 1:] - previous[..., 1:]
+    after = F.pad(relation[:, :-1], (1, 0), value=-1)  # [R, L] the relation word just before each token, -1: none
+    axis = torch.tensor([0 if coord == "x" else 1 for coord, _ in RELATIONS.values()])[after.clamp(min=0)]  # [R, L]
+    sign = torch.tensor([float(s) for _, s in RELATIONS.values()])[after.clamp(min=0)]  # [R, L]
+    offsets[..., 2] = sign * offsets[..., :2].gather(-1, axis[..., None])[..., 0]
+    offset_mask = torch.stack([has_offset, has_offset, has_offset & (after >= 0)], dim=-1)  # [R, L, 3]
+    return lookup, mask, offsets * offset_mask, offset_mask
 
 
 def make_batch(
@@ -197,11 +256,8 @@ def make_batch(
         labels[r, : len(row_ids)] = torch.tensor(labels_for(row_ids, assistant))
     row_scene = torch.tensor([scene_idx for scene_idx, _, _ in encoded])
     inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, 3, pairs]
-    pair = object_pair_of_token(tokens)[ids]  # [R, Lmax], -1: names no object
-    names_object = (pair >= 0) & (torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None])
-    objects = inventories[row_scene[:, None], :, pair.clamp(min=0)]  # [R, Lmax, 3]
-    return Batch(pixel_values, row_scene, ids, labels, lengths, chunk_plan(lengths, min_chunk), order, objects,
-                 names_object)
+    return Batch(pixel_values, inventories, row_scene, ids, labels, lengths, chunk_plan(lengths, min_chunk), order,
+                 *lookup_targets(inventories, row_scene, ids, lengths, tokens))
 
 
 class BatchStream:
@@ -235,12 +291,14 @@ def _select(state: MambaState, index: Tensor | slice) -> MambaState:
     return MambaState([LayerState(l.conv[index], l.ssm[index]) for l in state.layers], state.seqlen)
 
 
-def batch_logits(vlm: CobraVLM, batch: Batch) -> Iterator[tuple[int, int, int, Tensor]]:
+def batch_logits(vlm: CobraVLM, batch: Batch, image_embeds: Tensor | None = None
+                 ) -> Iterator[tuple[int, int, int, Tensor]]:
     """Run a batch: yields (start, end, active rows, logits [active, end - start, V]) chunk by chunk.
 
-    Image patches first (once per scene), then each row's text on top of its scene's state, exactly as one
-    [image + text] sequence per row would be processed."""
-    image_embeds = vlm.encode_images(batch.pixel_values)  # [S, P, d]
+    Image patches first (once per scene; `image_embeds` [S, P, d] in place of the encoded images, e.g. the oracle
+    stage's), then each row's text on top of its scene's state, exactly as one [image + text] sequence per row would
+    be processed."""
+    image_embeds = vlm.encode_images(batch.pixel_values) if image_embeds is None else image_embeds  # [S, P, d]
     _, state = vlm.llm(inputs_embeds=image_embeds, logits_to_keep=1)
     state = _select(state, batch.row_scene)  # [R] rows, each from its scene's state
     for start, end, active in batch.chunks:
@@ -248,56 +306,73 @@ def batch_logits(vlm: CobraVLM, batch: Batch) -> Iterator[tuple[int, int, int, T
         yield start, end, active, logits
 
 
-class ObjectHead(nn.Module):
-    """Stage 2's auxiliary read-out (discarded after training): at every token that names an object ("red square",
-    in a question or an answer), the residual stream after block `layer` says whether that object is in the image and
-    where its centre is.
+class LookupHeads(nn.Module):
+    """Stage 2's auxiliary read-outs (discarded after training), at the tokens that name things:
+    - after block `lookup_layer`, at an object name ("red square"): is it in the image, and where is its centre; at a
+      shape word ("square"): which colours that shape has in the image; at a colour word: which shapes are that colour;
+    - after block `offset_layer`, at an object name: its centre minus that of the object named just before it, and
+      after a relation word ("A left of B", at B) how far the relation holds along its axis (> 0: it holds).
 
-    Why: existence and spatial questions are keyed by the objects they name, and their Yes/No answers give no partial
-    credit, so the language model gets no gradient towards looking an object up until it already can; this loss pays
-    for the look-up one step earlier, at the name itself (measured in docs/DEMO_MODEL.md)."""
+    Why: the answers to existence and spatial questions are Yes/No, which gives no partial credit, so the language
+    model gets no gradient towards looking an object up until it already can; these losses pay for each look-up, and
+    for the comparison of two positions, at the words themselves (measured in docs/DEMO_MODEL.md)."""
 
-    def __init__(self, d_model: int, layer: int, weight: float) -> None:
+    def __init__(self, d_model: int, lookup_layer: int, offset_layer: int, weight: float) -> None:
         super().__init__()
-        self.proj = nn.Linear(d_model, 3)
-        self.layer, self.weight = layer, weight
+        self.lookup = nn.Linear(d_model, LOOKUP_SLOTS)
+        self.offset = nn.Linear(d_model, 3)
+        self.lookup_layer, self.offset_layer, self.weight = lookup_layer, offset_layer, weight
 
-    def loss(self, stream: Tensor, objects: Tensor, names_object: Tensor) -> Tensor:
-        """stream [R, L, d]; objects [R, L, 3] (present, x, y); names_object [R, L] -> summed loss over the named
-        objects (presence binary cross-entropy, plus 10 x the squared centre error of present ones)."""
-        presence, where = object_errors(self.proj(stream), objects)  # [R, L] each
-        return ((presence + 10 * where) * names_object).sum()
+    @property
+    def layers(self) -> tuple[int, int]:
+        return self.lookup_layer, self.offset_layer
+
+    def loss(self, streams: dict[int, Tensor], lookup: Tensor, lookup_mask: Tensor, offsets: Tensor,
+             offset_mask: Tensor) -> Tensor:
+        """streams {block: [R, L, d] residual stream after it}; targets as in Batch -> summed loss: binary
+        cross-entropy of the presence slots, 10 x the squared error of centres and offsets."""
+        predicted = self.lookup(streams[self.lookup_layer])  # [R, L, LOOKUP_SLOTS]
+        is_centre = torch.zeros(LOOKUP_SLOTS, dtype=torch.bool)
+        is_centre[CENTRE] = True
+        errors = torch.where(is_centre, 10 * (predicted - lookup) ** 2,
+                             F.binary_cross_entropy_with_logits(predicted, lookup, reduction="none"))
+        offset_errors = 10 * (self.offset(streams[self.offset_layer]) - offsets) ** 2  # [R, L, 3]
+        return (errors * lookup_mask).sum() + (offset_errors * offset_mask).sum()
 
 
-def batch_loss(vlm: CobraVLM, batch: Batch, object_head: ObjectHead | None = None) -> Tensor:
-    """Mean cross-entropy over the batch's assistant tokens, plus (with `object_head`) its weight x its mean loss
-    over the tokens that name objects."""
-    total, objects = torch.zeros(()), torch.zeros(())
-    streams: list[Tensor] = []  # output of block `object_head.layer` (residual + hidden), one per llm call
-    hook = (vlm.llm.backbone.layers[object_head.layer].register_forward_hook(
-        lambda module, inputs, out: streams.append(out[1] + out[0].float())) if object_head else None)
+def batch_loss(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None = None, image_embeds: Tensor | None = None
+               ) -> Tensor:
+    """Mean cross-entropy over the batch's assistant tokens, plus (with `heads`) their weight x their loss per token
+    that names something. `image_embeds`: as in `batch_logits`."""
+    total, auxiliary = torch.zeros(()), torch.zeros(())
+    streams: dict[int, Tensor] = {}  # block -> its output (residual + hidden) in the current llm call
+    hooks = [vlm.llm.backbone.layers[layer].register_forward_hook(
+        lambda module, inputs, out, layer=layer: streams.__setitem__(layer, out[1] + out[0].float()))
+        for layer in (set(heads.layers) if heads else ())]
     try:
-        for start, end, active, logits in batch_logits(vlm, batch):
+        for start, end, active, logits in batch_logits(vlm, batch, image_embeds):
             labels = batch.labels[:active, start:end]
             total = total + F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
                                             reduction="sum")
-            if object_head:
-                objects = objects + object_head.loss(streams[-1], batch.objects[:active, start:end],
-                                                     batch.names_object[:active, start:end])
-                streams.clear()
+            if heads:
+                part = (slice(0, active), slice(start, end))
+                auxiliary = auxiliary + heads.loss(streams, batch.lookup[part], batch.lookup_mask[part],
+                                                   batch.offsets[part], batch.offset_mask[part])
     finally:
-        if hook:
+        for hook in hooks:
             hook.remove()
     loss = total / max(batch.num_label_tokens, 1)
-    if object_head:
-        loss = loss + object_head.weight * objects / max(int(batch.names_object.sum()), 1)
+    if heads:
+        loss = loss + heads.weight * auxiliary / max(int(batch.lookup_mask.any(-1).sum()), 1)
     return loss
 
 
 @torch.no_grad()
-def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, image_size: int, batch_rows: int = 60) -> dict:
+def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, image_size: int,
+                     oracle: OracleTokens | None = None, batch_rows: int = 60) -> dict:
     """Teacher-forced exact match on single-turn held-out items: a reply is right when the arg-max at every reply
-    position (its EOS included) is the reference token, i.e. when greedy decoding reproduces it. Per kind."""
+    position (its EOS included) is the reference token, i.e. when greedy decoding reproduces it. Per kind. With
+    `oracle`, the images are read through its tokens (the oracle stage)."""
     was_training = vlm.training
     vlm.eval()
     hits: dict[str, list[bool]] = {}
@@ -306,7 +381,7 @@ def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, image_size: in
         batch = make_batch([s for s, _ in chunk], [(j, [qa]) for j, (_, qa) in enumerate(chunk)], tokens,
                            vlm.image_transform, image_size, min_chunk=1)
         ok = torch.ones(len(chunk), dtype=torch.bool)
-        for start, end, active, logits in batch_logits(vlm, batch):
+        for start, end, active, logits in batch_logits(vlm, batch, oracle(batch.inventories) if oracle else None):
             labels = batch.labels[:active, start:end]
             wrong = (logits.argmax(-1) != labels) & (labels != IGNORE)
             ok[:active] &= ~wrong.any(-1)
@@ -321,7 +396,7 @@ def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, image_size: in
 
 SHAPE_CLASSES = ("background", *SHAPES)  # per-patch targets of the vision warm-up
 COLOUR_CLASSES = ("background", *COLOURS)
-VISION_STREAM = 2  # seed-sequence key of the warm-up's scenes (the VLM stage draws from TRAIN_STREAM)
+VISION_STREAM, PROJECTOR_STREAM = 2, 3  # seed-sequence keys of the warm-ups' scenes (stage 2 draws from TRAIN_STREAM)
 
 
 def patch_targets(scene: Scene, image_size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -376,10 +451,17 @@ class WarmUpHead(nn.Module):
                 + 10 * (where.sum(-1) / inventory[:, None, 0].sum(-1)).mean())
 
 
+def warm_up_scenes(rng: np.random.Generator, vlm: CobraVLM, n: int) -> tuple[list[Scene], dict[str, Tensor]]:
+    """n fresh scenes and their pixel values, rendered and transformed as at inference."""
+    scenes = [sample_scene(rng) for _ in range(n)]
+    pixels = [vlm.image_transform(render(scene, vlm.config.vision.image_size)) for scene in scenes]
+    return scenes, {name: torch.stack([p[name] for p in pixels]) for name in pixels[0]}
+
+
 def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadline: float | None = None) -> list[dict]:
-    """Stage 1: train the vision tower alone to name the shape and colour under each patch (`WarmUpHead`), the
-    stand-in for the release's pretrained DINOv2 / SigLIP. Only the tower's weights change. Stops early at `deadline`
-    (a `time.monotonic()` value). Returns the loss log."""
+    """Stage 1: train the vision tower alone to name the shape and colour under each patch and the scene's inventory
+    (`WarmUpHead` on every patch), the stand-in for the release's pretrained DINOv2 / SigLIP. Only the tower's weights
+    change. Stops early at `deadline` (a `time.monotonic()` value). Returns the loss log."""
     vision, image_size = vlm.vision_backbone, vlm.config.vision.image_size
     grid = image_size // vlm.config.vision.branches[0].patch_size  # patches per side
     head = WarmUpHead(vision.embed_dim)
@@ -394,18 +476,55 @@ def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadl
         cosine_progress = (step - schedule.warmup_steps) / max(cfg.vision_steps - schedule.warmup_steps, 1)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(schedule, step, cosine_progress)
-        scenes = [sample_scene(rng) for _ in range(cfg.vision_images)]
-        pixels = [vlm.image_transform(render(scene, image_size)) for scene in scenes]
+        scenes, pixel_values = warm_up_scenes(rng, vlm, cfg.vision_images)
         targets = [patch_targets(scene, image_size, grid) for scene in scenes]
         shapes, colours = (torch.from_numpy(np.stack(t)) for t in zip(*targets))  # [B, P] each
         inventory = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [B, 3, pairs]
-        features = vision({name: torch.stack([p[name] for p in pixels]) for name in pixels[0]})  # [B, P, C]
-        loss = head.loss(features, shapes, colours, inventory)
+        loss = head.loss(vision(pixel_values), shapes, colours, inventory)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         log.append({"vision_step": step + 1, "loss": round(loss.item(), 5)})
+    return log
+
+
+class OracleTokens(nn.Module):
+    """The oracle stage's image tokens (discarded after training): perfect vision. Each scene's inventory [3, pairs]
+    -> [P, d]: one linear map of the whole inventory at every patch, plus a learned embedding per patch."""
+
+    def __init__(self, num_patches: int, d_model: int) -> None:
+        super().__init__()
+        self.inventory = nn.Linear(3 * len(PAIRS), d_model)
+        self.position = nn.Parameter(torch.randn(num_patches, d_model) * EMBEDDING_INIT_STD)
+        nn.init.normal_(self.inventory.weight, std=EMBEDDING_INIT_STD)
+        nn.init.zeros_(self.inventory.bias)
+
+    def forward(self, inventories: Tensor) -> Tensor:
+        """inventories [S, 3, pairs] -> image tokens [S, P, d]."""
+        return self.inventory(inventories.flatten(1))[:, None] + self.position
+
+
+def warm_up_projector(vlm: CobraVLM, oracle: OracleTokens, cfg: TrainConfig, progress: bool = True,
+                      deadline: float | None = None) -> list[dict]:
+    """Between the oracle stage and stage 2: the projector alone (the tower frozen) learns to output, from the real
+    tower's features, the oracle's image tokens for the same scene (squared error relative to their variance), so
+    that the language model trained on oracle tokens can read real images from the start of stage 2."""
+    optimizer = torch.optim.AdamW(vlm.projector.parameters(), lr=cfg.vision_lr, betas=cfg.betas)
+    rng = np.random.default_rng([cfg.seed, PROJECTOR_STREAM])
+    log = []
+    for step in tqdm(range(cfg.projector_steps), disable=not progress, dynamic_ncols=True, desc="projector warm-up"):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        scenes, pixel_values = warm_up_scenes(rng, vlm, cfg.vision_images)
+        with torch.no_grad():
+            features = vlm.vision_backbone(pixel_values)  # [B, P, C]
+            target = oracle(torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes])))  # [B, P, d]
+        loss = ((vlm.projector(features) - target) ** 2).mean() / target.var()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        log.append({"projector_step": step + 1, "loss": round(loss.item(), 5)})
     return log
 
 
@@ -481,17 +600,24 @@ def train(
     vlm = build_model(config, cfg.seed).train()
     budget = cfg.max_minutes * 60
     reserve = 20.0  # seconds kept for saving
-    vision_log = warm_up_vision(vlm, cfg, progress, deadline=t0 + budget - reserve) if cfg.vision_steps else []
+    deadline = t0 + budget - reserve
+    vision_log = warm_up_vision(vlm, cfg, progress, deadline) if cfg.vision_steps else []
     image_size = config.vision.image_size
     stream = BatchStream(cfg.seed, tokens, vlm.image_transform, image_size, cfg)
     monitor_items = make_eval_set(MONITOR_SEED, cfg.monitor_items) if cfg.monitor_every else []
     if cfg.vision_lr_scale == 0:
         vlm.vision_backbone.requires_grad_(False)
-    object_head = (ObjectHead(config.llm.d_model, cfg.object_loss_layer, cfg.object_loss_weight)
-                   if cfg.object_loss_weight else None)
+    heads = (LookupHeads(config.llm.d_model, cfg.lookup_layer, cfg.offset_layer, cfg.lookup_loss_weight)
+             if cfg.lookup_loss_weight else None)
+    if heads and max(heads.layers) >= config.llm.n_layer:
+        raise ValueError(f"the look-up heads read blocks {heads.layers}; the model has {config.llm.n_layer}")
+    if cfg.oracle_steps >= cfg.steps:
+        raise ValueError(f"oracle_steps ({cfg.oracle_steps}) must leave steps for real images (steps {cfg.steps})")
+    oracle = OracleTokens(config.vision.num_patches, config.llm.d_model) if cfg.oracle_steps else None
     groups = param_groups(vlm, cfg.weight_decay, cfg.vision_lr_scale)
-    if object_head:
-        groups.append({"params": list(object_head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
+    for extra in (heads, oracle):
+        if extra:
+            groups.append({"params": list(extra.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     log_file = None
     if out_dir is not None:
@@ -514,8 +640,11 @@ def train(
             lr = lr_at(cfg, step, max(step_progress, time_progress if step >= cfg.warmup_steps else 0.0))
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
+            if oracle and step == cfg.oracle_steps:  # the oracle stage ends: real images from here on
+                vision_log += warm_up_projector(vlm, oracle, cfg, progress, deadline)
             batch = next(stream)
-            loss = batch_loss(vlm, batch, object_head)
+            on_oracle = oracle if step < cfg.oracle_steps else None
+            loss = batch_loss(vlm, batch, heads, on_oracle(batch.inventories) if on_oracle else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.grad_clip))
@@ -526,7 +655,7 @@ def train(
                      "rows": len(batch.lengths), "scenes": int(batch.row_scene.max()) + 1,
                      "tokens": batch.num_label_tokens, "elapsed_s": round(time.monotonic() - t0, 2)}
             if cfg.monitor_every and ((step + 1) % cfg.monitor_every == 0 or step + 1 == cfg.steps):
-                entry["monitor"] = monitor_accuracy(vlm, monitor_items, tokens, image_size)
+                entry["monitor"] = monitor_accuracy(vlm, monitor_items, tokens, image_size, on_oracle)
                 tqdm.write(f"step {step + 1}: loss(ema) {ema:.4f} held-out teacher-forced accuracy "
                            + " ".join(f"{k} {v:.2f}" for k, v in entry["monitor"].items()), file=sys.stderr)
             log.append(entry)
@@ -562,7 +691,8 @@ def save(result: TrainResult, cfg: TrainConfig, tokenizer, out_dir: Path, train_
         "train_loop_seconds": round(train_seconds, 1),
         "parameters": sum(p.numel() for p in result.vlm.parameters()),
         "weights_bytes": (out_dir / "model.safetensors").stat().st_size,
-        "vision_warm_up_loss_last_50": _mean([e["loss"] for e in result.vision_log][-50:]),
+        "vision_warm_up_loss_last_50": _mean([e["loss"] for e in result.vision_log if "vision_step" in e][-50:]),
+        "projector_warm_up_loss_last_50": _mean([e["loss"] for e in result.vision_log if "projector_step" in e][-50:]),
         "loss_first_50": _mean(losses[:50]),
         "loss_last_50": _mean(losses[-50:]),
         "monitor": [{"step": e["step"], **e["monitor"]} for e in result.log if "monitor" in e],
@@ -592,6 +722,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--threads", type=int, default=defaults.threads)
     p.add_argument("--monitor-every", type=int, default=defaults.monitor_every, help="0 = no held-out checks")
     p.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="stage 1 steps (0 = skip)")
+    p.add_argument("--oracle-steps", type=int, default=defaults.oracle_steps,
+                   help="first steps of stage 2 on perfect vision (0 = none)")
+    p.add_argument("--projector-steps", type=int, default=defaults.projector_steps,
+                   help="projector steps after the oracle stage")
     p.add_argument("--d-model", type=int, default=None)
     p.add_argument("--n-layer", type=int, default=None)
     p.add_argument("--d-state", type=int, default=None)
@@ -601,7 +735,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
         defaults, seed=args.seed, steps=args.steps, max_minutes=args.max_minutes, rows_per_batch=args.rows_per_batch,
         lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps), multi_turn_prob=args.multi_turn_prob,
         threads=args.threads, monitor_every=args.monitor_every, d_model=args.d_model, n_layer=args.n_layer,
-        d_state=args.d_state, vision_steps=args.vision_steps,
+        d_state=args.d_state, vision_steps=args.vision_steps, oracle_steps=args.oracle_steps,
+        projector_steps=args.projector_steps,
     )
     return args, cfg
 

@@ -194,10 +194,10 @@ VISION_BACKBONES: dict[str, VisionBackboneConfig] = {
         VisionBackboneConfig(
             "small-dinosiglip-64px",
             (
-                _dino(timm_model_name=None, img_size=64, patch_size=8, embed_dim=96, depth=4, num_heads=3,
-                      init_values=1.0, conv_stem=(32, 64, 64)),
-                _siglip(timm_model_name=None, img_size=64, patch_size=8, embed_dim=128, depth=4, num_heads=4,
-                        conv_stem=(32, 64, 64)),
+                _dino(timm_model_name=None, img_size=64, patch_size=16, embed_dim=96, depth=4, num_heads=3,
+                      init_values=1.0, conv_stem=(32, 64, 64, 64)),
+                _siglip(timm_model_name=None, img_size=64, patch_size=16, embed_dim=128, depth=4, num_heads=4,
+                        conv_stem=(32, 64, 64, 64)),
             ),
         ),
     ]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from cobra_app.demo import train as T
 from cobra_app.demo.conversations import QA, iter_training_examples
 from cobra_app.demo.model_config import demo_config, tiny_config
-from cobra_app.demo.scenes import PAIRS, Scene, SceneObject, render
+from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, SceneObject, render
 from cobra_app.demo.tokenizer import build_demo_tokenizer
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
 
@@ -26,6 +26,7 @@ def tokens(tokenizer):
     return TurnTokenizer(tokenizer, get_prompt_builder("zephyr"))
 
 
+TINY_HEADS = {"lookup_layer": 0, "offset_layer": 1}  # the tiny model has two blocks
 TWO_TURNS = [QA("What colour is the circle?", "Red.", "colour"), QA("And the square?", "Blue.", "colour")]
 
 
@@ -98,52 +99,66 @@ def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, token
     assert loss.item() == pytest.approx(total / count, rel=1e-5)  # the same sums, in another order (fp32)
 
 
-def test_batch_marks_each_object_name_with_that_object_in_the_rows_scene(tokens):
+def test_batch_marks_each_name_with_what_it_refers_to_in_the_rows_scene(tokens):
     red = SceneObject("circle", "red", size=0.1, x=0.25, y=0.4)
-    scene = Scene((red,), background=(245, 245, 245), texture=0.0, grain=0.0, noise_seed=0)
+    blue = SceneObject("square", "blue", size=0.1, x=0.75, y=0.2)
+    scene = Scene((red, blue), background=(245, 245, 245), texture=0.0, grain=0.0, noise_seed=0)
     rows = [(0, [QA("Is there a red circle?", "Yes", "exist")]), (0, [QA("Is there a blue cross?", "No", "exist")]),
-            (0, [QA("Describe the image.", "There is one object: a red circle.", "describe")])]
+            (0, [QA("Is the blue square to the left of the red circle?", "No", "spatial")]),
+            (0, [QA("What colour is the circle?", "Red.", "colour")]),
+            (0, [QA("How many blue shapes are in the image?", "One.", "count")])]
     batch = T.make_batch([scene], rows, tokens, lambda image: {"x": torch.zeros(1)}, 64)
-    named = {}
+    named, offsets = {}, {}
     for r, row in enumerate(batch.order):
-        marked = batch.names_object[r].nonzero().flatten().tolist()
-        names = [tokens.tokenizer.decode(batch.ids[r, t]) for t in marked]
-        named[row] = [(name, batch.objects[r, t].tolist()) for name, t in zip(names, marked)]
-    assert named[0] == [(" red circle", pytest.approx([1, 0.25, 0.4]))]
-    assert named[1] == [(" blue cross", [0, 0, 0])]
-    assert named[2] == [(" red circle", pytest.approx([1, 0.25, 0.4]))]  # in the answer too
+        marked = batch.lookup_mask[r].any(-1).nonzero().flatten().tolist()
+        named[row] = [(tokens.tokenizer.decode(batch.ids[r, t]),
+                       [round(v, 4) for v in batch.lookup[r, t][batch.lookup_mask[r, t]].tolist()]) for t in marked]
+        offsets[row] = [[round(v, 4) for v in batch.offsets[r, t][batch.offset_mask[r, t]].tolist()]
+                        for t in batch.offset_mask[r].any(-1).nonzero().flatten().tolist()]
+    assert named[0] == [(" red circle", [1, 0.25, 0.4])]
+    assert named[1] == [(" blue cross", [0])]  # absent: no centre to predict
+    assert named[2] == [(" blue square", [1, 0.75, 0.2]), (" red circle", [1, 0.25, 0.4])]
+    # at the red circle: its centre minus the blue square's, and how far "square left of circle" holds (it does not)
+    assert offsets[2] == [[-0.5, 0.2, -0.5]]
+    red_only = [1.0 if c == "red" else 0.0 for c in COLOURS]
+    assert named[3] == [(" circle", red_only)]  # a shape word: which colours it has here
+    square_only = [1.0 if s == "square" else 0.0 for s in SHAPES]
+    assert named[4] == [(" blue", square_only)]  # a colour word: which shapes have it here
+    assert offsets[0] == offsets[1] == offsets[3] == offsets[4] == []
 
 
-def test_object_loss_of_a_chunked_batch_equals_one_sequence_per_row(tokenizer, tokens):
-    """The auxiliary loss reads the stream after block `layer` at the right positions, chunked or not."""
+def test_lookup_loss_of_a_chunked_batch_equals_one_sequence_per_row(tokenizer, tokens):
+    """The auxiliary losses read the streams after their blocks at the right positions, chunked or not."""
     config = tiny_config(len(tokenizer))
     vlm = T.build_model(config, seed=0)
-    head = T.ObjectHead(config.llm.d_model, layer=1, weight=0.5)
+    heads = T.LookupHeads(config.llm.d_model, lookup_layer=0, offset_layer=1, weight=0.5)
     examples = [ex for ex, _ in zip(iter_training_examples(3), range(6))]
     rows = [(i, conv) for i, (_, conv) in enumerate(examples)]
     batch = T.make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform, config.vision.image_size,
                          min_chunk=2)
-    assert batch.names_object.sum() > 3 and len(batch.chunks) > 1
-    auxiliary = (T.batch_loss(vlm, batch, head) - T.batch_loss(vlm, batch)).item()
+    assert batch.lookup_mask.any(-1).sum() > 3 and batch.offset_mask[..., 2].sum() > 0 and len(batch.chunks) > 1
+    auxiliary = (T.batch_loss(vlm, batch, heads) - T.batch_loss(vlm, batch)).item()
 
-    streams = []
-    hook = vlm.llm.backbone.layers[1].register_forward_hook(lambda m, i, out: streams.append(out[1] + out[0].float()))
+    streams = {}
+    hooks = [vlm.llm.backbone.layers[layer].register_forward_hook(
+        lambda m, i, out, layer=layer: streams.__setitem__(layer, out[1] + out[0].float())) for layer in (0, 1)]
     total = 0.0
     for r, row in enumerate(batch.order):
         scene_idx, turns = rows[row]
         ids, _ = T.encode_turns(turns, tokens)
         pixels = vlm.image_transform(render(examples[scene_idx][0], config.vision.image_size))
-        streams.clear()
         vlm({k: v[None] for k, v in pixels.items()}, torch.tensor([ids]))
-        text = streams[-1][:, -len(ids):]  # [1, L, d] the text positions of [image + text]
-        n = len(ids)
-        total += head.loss(text, batch.objects[r : r + 1, :n], batch.names_object[r : r + 1, :n]).item()
-    hook.remove()
-    assert auxiliary == pytest.approx(0.5 * total / int(batch.names_object.sum()), rel=1e-4)
+        text = {layer: stream[:, -len(ids):] for layer, stream in streams.items()}  # the text positions
+        row_targets = (batch.lookup, batch.lookup_mask, batch.offsets, batch.offset_mask)
+        total += heads.loss(text, *(t[r : r + 1, : len(ids)] for t in row_targets)).item()
+    for hook in hooks:
+        hook.remove()
+    assert auxiliary == pytest.approx(0.5 * total / int(batch.lookup_mask.any(-1).sum()), rel=1e-4)
 
 
 def test_stage_two_keeps_the_warmed_up_tower_frozen_by_default(tokenizer):
-    cfg = T.TrainConfig(steps=3, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0)
+    cfg = T.TrainConfig(**TINY_HEADS, steps=3, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0,
+                        oracle_steps=0)
     assert cfg.vision_lr_scale == 0
     torch.manual_seed(0)
     before = {k: v.clone() for k, v in T.build_model(tiny_config(len(tokenizer)), seed=cfg.seed).state_dict().items()}
@@ -156,8 +171,8 @@ def test_stage_two_keeps_the_warmed_up_tower_frozen_by_default(tokenizer):
 def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path):
     from cobra_app.loading import load
 
-    cfg = T.TrainConfig(steps=40, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0, vision_steps=5,
-                        vision_images=8)
+    cfg = T.TrainConfig(**TINY_HEADS, steps=40, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0, vision_steps=5,
+                        oracle_steps=10, projector_steps=5, vision_images=8)
     out = tmp_path / "tiny-model"
     result = T.train(cfg, out, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
     losses = [e["loss"] for e in result.log]
@@ -174,7 +189,7 @@ def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_pa
 
 
 def test_time_budget_stops_gracefully_and_saves(tokenizer, tmp_path):
-    cfg = T.TrainConfig(steps=10_000, rows_per_batch=4, max_minutes=0.0, monitor_every=0)
+    cfg = T.TrainConfig(**TINY_HEADS, steps=10_000, rows_per_batch=4, max_minutes=0.0, monitor_every=0)
     result = T.train(cfg, tmp_path / "m", config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
     assert result.stopped_by == "time" and result.steps_done == 0 and result.vision_log == []
     assert (tmp_path / "m" / "model.safetensors").is_file()
@@ -242,6 +257,40 @@ def test_vision_warm_up_trains_the_tower_only(tokenizer):
     assert len(log) == 30 and np.mean([e["loss"] for e in log[-5:]]) < 0.7 * log[0]["loss"]
     changed = {k for k, v in vlm.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("vision_backbone.") for k in changed)
+
+
+def test_oracle_tokens_encode_the_inventory_the_same_at_every_patch():
+    oracle = T.OracleTokens(num_patches=4, d_model=8)
+    inventories = torch.rand(2, 3, len(PAIRS))
+    tokens = oracle(inventories)  # [2, 4, 8]
+    assert tokens.shape == (2, 4, 8)
+    assert torch.allclose(tokens - oracle.position, (tokens - oracle.position)[:, :1].expand(-1, 4, -1))
+    assert not torch.allclose(tokens[0], tokens[1])
+
+
+def test_batch_loss_reads_given_image_tokens_in_place_of_the_images(tokenizer, tokens):
+    config = tiny_config(len(tokenizer))
+    vlm = T.build_model(config, seed=0)
+    examples = [ex for ex, _ in zip(iter_training_examples(5), range(3))]
+    batch = T.make_batch([s for s, _ in examples], [(i, conv) for i, (_, conv) in enumerate(examples)], tokens,
+                         vlm.image_transform, config.vision.image_size)
+    encoded = vlm.encode_images(batch.pixel_values)
+    assert T.batch_loss(vlm, batch, image_embeds=encoded).item() == T.batch_loss(vlm, batch).item()
+    other = T.batch_loss(vlm, batch, image_embeds=torch.zeros_like(encoded)).item()
+    assert other != T.batch_loss(vlm, batch).item()
+
+
+def test_projector_warm_up_learns_the_oracle_tokens_and_trains_the_projector_only(tokenizer):
+    config = tiny_config(len(tokenizer))
+    vlm = T.build_model(config, seed=0)
+    oracle = T.OracleTokens(config.vision.num_patches, config.llm.d_model)
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    cfg = T.TrainConfig(projector_steps=30, vision_images=16, vision_lr=3e-3)
+    log = T.warm_up_projector(vlm, oracle, cfg, progress=False)
+    losses = [e["loss"] for e in log]  # the tiny tower is random: only the per-patch part is readable from it
+    assert len(log) == 30 and np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5])
+    changed = {k for k, v in vlm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("projector.") for k in changed)
 
 
 def test_fresh_models_start_with_embeddings_large_enough_to_recall(tokenizer):

@@ -158,15 +158,15 @@ def test_conv_stem_replaces_the_linear_patch_embedding_on_the_same_grid():
     for branch in cfg.branches:
         vit = backbone.featurizer_for(branch.name)
         assert isinstance(vit.patch_embed, HybridEmbed) and isinstance(vit.patch_embed.backbone, ConvStem)
-        assert vit.patch_embed.num_patches == branch.num_patches == 64
+        assert vit.patch_embed.num_patches == branch.num_patches == 16
     pixels = {b.name: torch.randn(2, 3, 64, 64) for b in cfg.branches}
     features = backbone.eval()(pixels)
-    assert features.shape == (2, 64, 96 + 128)
+    assert features.shape == (2, 16, 96 + 128)
     # patch tokens stay row-major: a change in the bottom-right corner moves the last patch's stem output only there
     stem = backbone.featurizer_for("siglip").patch_embed
     changed = {k: v.clone() for k, v in pixels.items()}
-    changed["siglip"][:, :, 56:, 56:] += 1.0
-    diff = (stem(changed["siglip"]) - stem(pixels["siglip"])).abs().sum(-1)  # [2, 64]
+    changed["siglip"][:, :, 48:, 48:] += 1.0
+    diff = (stem(changed["siglip"]) - stem(pixels["siglip"])).abs().sum(-1)  # [2, 16]
     assert diff[:, -1].min() > 0 and diff[:, :-1].max() == 0
 
 
@@ -178,7 +178,7 @@ def test_conv_stem_stride_must_equal_the_patch_size():
 
 def test_small_demo_config_sizes():
     cfg = VISION_BACKBONES["small-dinosiglip-64px"]
-    assert (cfg.image_size, cfg.num_patches, cfg.embed_dim) == (64, 64, 96 + 128)
+    assert (cfg.image_size, cfg.num_patches, cfg.embed_dim) == (64, 16, 96 + 128)
 
 
 @pytest.mark.parametrize("backbone_id", sorted(VISION_BACKBONES))

@@ -37,7 +37,6 @@ SOURCES = [Path(__file__).with_name(name) for name in ("selective_scan_cpu.cpp",
 CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi"]
 LDFLAGS = ["-fopenmp"]
 MAX_STATE = 32  # d_state handled by the kernel (Mamba uses 16)
-MAX_LINEAR_ROWS = 8  # input rows the bf16 matrix-vector kernel takes (decode steps of up to 8 sequences)
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 _lock = threading.Lock()
@@ -139,19 +138,17 @@ def selective_scan(
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
-    """F.linear(x, weight) (no bias): x [..., K], weight [N, K] -> [..., N]. Decode-sized bf16 products (at most
-    MAX_LINEAR_ROWS rows, no autograd) run on the AVX-512 BF16 kernel where the CPU has it: fp32 accumulation, one
-    rounding to bf16, as F.linear; everything else is F.linear."""
-    rows = x.numel() // max(x.shape[-1], 1)
+    """F.linear(x, weight) (no bias): x [..., K], weight [N, K] -> [..., N]. Outside autograd, on CPU tensors, the
+    library's `cobra_linear.linear` chooses: decode-sized bf16 products (up to 8 rows) on the AVX-512 BF16 kernel
+    where the CPU has it (fp32 accumulation, one rounding to bf16, as F.linear), everything else at::linear."""
     if (
-        _linear_kernel_available()
-        and x.dtype == weight.dtype == torch.bfloat16
+        _loaded
         and x.device.type == weight.device.type == "cpu"
-        and 1 <= rows <= MAX_LINEAR_ROWS
         and weight.dim() == 2
+        and x.numel() > 0
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     ):
-        out = torch.ops.cobra_linear.linear_bf16(x.reshape(rows, x.shape[-1]), weight)  # [rows, N]
+        out = torch.ops.cobra_linear.linear(x.reshape(-1, x.shape[-1]), weight)  # [rows, N]
         return out.reshape(*x.shape[:-1], weight.shape[0])
     return F.linear(x, weight)
 
@@ -179,15 +176,6 @@ def mixer_step(
     if not _kernel_applies(xz, A, tensors) or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         return None
     return torch.ops.cobra_scan.mixer_step(*tensors)
-
-
-def _linear_kernel_available() -> bool:
-    return _loaded and _cpu_has_bf16_dot()  # not cached before the library is loaded
-
-
-@cache
-def _cpu_has_bf16_dot() -> bool:
-    return bool(torch.ops.cobra_linear.available())
 
 
 @cache

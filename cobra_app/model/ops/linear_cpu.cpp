@@ -99,12 +99,27 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w) {
   return y.to(at::kBFloat16);
 }
 
+// x [M, K], w [N, K] -> x @ w.T: the bf16 kernel above for bf16 inputs of 1 to kMaxRows rows (decode steps) where
+// the CPU has AVX-512 BF16, else at::linear (= F.linear). The one place that chooses; Python's `cpu_kernel.linear`
+// and the fused decode step's projections both call it.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
+  if (available() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows &&
+      x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16) {
+    return linear_bf16(x, w);
+  }
+  return at::linear(x, w);
+}
+
 }  // namespace
 }  // namespace cobra_linear
 
 TORCH_LIBRARY(cobra_linear, m) {
   m.def("linear_bf16(Tensor x, Tensor w) -> Tensor");
+  m.def("linear(Tensor x, Tensor w) -> Tensor");
   m.def("available() -> bool", &cobra_linear::available);
 }
 
-TORCH_LIBRARY_IMPL(cobra_linear, CPU, m) { m.impl("linear_bf16", &cobra_linear::linear_bf16); }
+TORCH_LIBRARY_IMPL(cobra_linear, CPU, m) {
+  m.impl("linear_bf16", &cobra_linear::linear_bf16);
+  m.impl("linear", &cobra_linear::linear);
+}

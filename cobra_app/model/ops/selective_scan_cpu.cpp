@@ -299,19 +299,13 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   return {gu, gdelta, gA, gB, gC, gD_part.sum(0), gz, gbias_part.sum(0), gs0};
 }
 
-// The decode projections exactly as `cpu_kernel.linear` computes them: the bf16 matrix-vector kernel
-// (torch.ops.cobra_linear.linear_bf16) for bf16 inputs of at most 8 rows where the CPU has AVX-512 BF16, else
-// at::linear (F.linear).
+// The decode projections exactly as `cpu_kernel.linear` computes them: torch.ops.cobra_linear.linear, which chooses
+// between the bf16 matrix-vector kernel and at::linear (linear_cpu.cpp).
 at::Tensor project(const at::Tensor& x, const at::Tensor& w) {
-  static const auto available =
-      c10::Dispatcher::singleton().findSchemaOrThrow("cobra_linear::available", "").typed<bool()>().call();
-  static const auto gemv = c10::Dispatcher::singleton()
-                               .findSchemaOrThrow("cobra_linear::linear_bf16", "")
-                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  if (available && x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 && x.size(0) <= 8) {
-    return gemv.call(x, w);
-  }
-  return at::linear(x, w);
+  static const auto linear = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("cobra_linear::linear", "")
+                                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return linear.call(x, w);
 }
 
 // One decoding step of a Mamba mixer between its in_proj and out_proj, fused into one call: the same operations,
