@@ -3,7 +3,9 @@
 Stage 1, the vision warm-up (`warm_up_vision`): the release starts from pretrained DINOv2 and SigLIP towers; ours start
 from scratch, so they first learn alone (linear heads, then discarded) to name the shape and colour under each patch
 and, at every patch, the whole scene: which objects are present and where (`scene_inventory`).
-Stage 2, the release's single-stage recipe in miniature (the tower frozen, as the release's is, unless
+Stage 2 starts with an oracle stage (`OracleTokens`: the language model reads perfect vision, a linear map of the
+scene's inventory, for `oracle_steps`; then `warm_up_projector` teaches the projector to produce those tokens from the
+tower), and goes on as the release's single-stage recipe in miniature (the tower frozen, as the release's is, unless
 `vision_lr_scale` > 0): each example is [image patches] + the per-turn Zephyr token ids exactly as inference builds
 them (`TurnTokenizer.user_turn_ids` / `assistant_turn_ids`), and the loss covers the assistant tokens only (their EOS
 included), plus auxiliary look-up losses at the tokens that name objects, shapes or colours (`LookupHeads`, discarded
@@ -60,7 +62,7 @@ class TrainConfig:
     """Training hyper-parameters (defaults: the shipped model's recipe)."""
 
     seed: int = 0
-    steps: int = 2400  # optimizer steps of the cosine schedule
+    steps: int = 4000  # optimizer steps of the cosine schedule (stage 2, the oracle stage included)
     max_minutes: float = 45.0  # hard wall-clock budget (model building and saving included)
     rows_per_batch: int = 48  # question rows per step (scenes are added whole until this is reached)
     multi_turn_prob: float = 0.3  # share of multi-turn conversations kept whole (the rest: one row per question)
