@@ -46,7 +46,7 @@ from cobra_app.demo.conversations import (FOLLOW_UPS, QA, RELATION_PHRASES, iter
                                           plural)
 from cobra_app.demo.model_config import demo_config
 from cobra_app.demo.scenes import COLOURS, PAIRS, RELATIONS, SHAPES, Scene, object_map, render, sample_scene
-from cobra_app.demo.tokenizer import build_demo_tokenizer
+from cobra_app.demo.tokenizer import RELATION_WORDS, build_demo_tokenizer
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 from cobra_app.model.mamba import LayerState, MambaState
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
@@ -181,6 +181,7 @@ PRESENT, CENTRE, COLOURS_OF_SHAPE, SHAPES_OF_COLOUR = slice(0, 1), slice(1, 3), 
 LOOKUP_SLOTS = 14
 assert (COLOURS_OF_SHAPE.stop - COLOURS_OF_SHAPE.start, SHAPES_OF_COLOUR.stop - SHAPES_OF_COLOUR.start) == (
     len(COLOURS), len(SHAPES)) and list(PAIRS) == [(s, c) for s in SHAPES for c in COLOURS]
+assert list(RELATION_PHRASES) == list(RELATIONS)  # RELATION_WORDS are in RELATIONS' order
 
 
 @cache
@@ -192,7 +193,7 @@ def token_keys(tokens: TurnTokenizer) -> Tensor:
     entries = [(0, k, f"{colour} {shape}") for k, (shape, colour) in enumerate(PAIRS)]
     entries += [(1, k, word) for k, shape in enumerate(SHAPES) for word in (shape, plural(shape))]
     entries += [(2, k, colour) for k, colour in enumerate(COLOURS)]
-    entries += [(3, k, f"{RELATION_PHRASES[relation]} the") for k, relation in enumerate(RELATIONS)]
+    entries += [(3, k, word) for k, word in enumerate(RELATION_WORDS)]
     for column, k, word in entries:
         (token,) = tokens.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
         keys[token, column] = k
@@ -334,12 +335,12 @@ class LookupHeads(nn.Module):
         """streams {block: [R, L, d] residual stream after it}; targets as in Batch -> summed loss: binary
         cross-entropy of the presence slots, 10 x the squared error of centres and offsets."""
         predicted = self.lookup(streams[self.lookup_layer])  # [R, L, LOOKUP_SLOTS]
-        is_centre = torch.zeros(LOOKUP_SLOTS, dtype=torch.bool)
-        is_centre[CENTRE] = True
-        errors = torch.where(is_centre, 10 * (predicted - lookup) ** 2,
-                             F.binary_cross_entropy_with_logits(predicted, lookup, reduction="none"))
+        presence, where = object_errors(predicted[..., :CENTRE.stop], lookup[..., :CENTRE.stop])  # [R, L] each
+        attributes = F.binary_cross_entropy_with_logits(predicted[..., CENTRE.stop:], lookup[..., CENTRE.stop:],
+                                                        reduction="none")  # [R, L, colours + shapes]
         offset_errors = 10 * (self.offset(streams[self.offset_layer]) - offsets) ** 2  # [R, L, 3]
-        return (errors * lookup_mask).sum() + (offset_errors * offset_mask).sum()
+        return ((presence * lookup_mask[..., PRESENT.start]).sum() + 10 * (where * lookup_mask[..., CENTRE.start]).sum()
+                + (attributes * lookup_mask[..., CENTRE.stop:]).sum() + (offset_errors * offset_mask).sum())
 
 
 def batch_loss(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None = None, image_embeds: Tensor | None = None
