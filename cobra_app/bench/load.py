@@ -119,13 +119,27 @@ def is_correct(reply: str, answer: str) -> bool:
     return normalise(reply) == normalise(answer)
 
 
+def connect(url: str, attempts: int = 3, wait_s: float = 2.0):
+    """A `gradio_client.Client` for the app (one tab, one session): its first requests fetch the app's config and API,
+    retried up to `attempts` times (a busy app may answer them late)."""
+    from gradio_client import Client
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return Client(url, verbose=False)
+        except Exception:  # noqa: BLE001 - retried, then raised
+            if attempt == attempts:
+                raise
+            time.sleep(wait_s)
+
+
 class User(threading.Thread):
     """One tab: its own client, scene and questions; records a `Request` per turn until `deadline`."""
 
-    def __init__(self, index: int, url: str, scene: Scene, image_path: Path, report: LoadReport, t0: float,
+    def __init__(self, index: int, client, scene: Scene, image_path: Path, report: LoadReport, t0: float,
                  deadline: float, turns_per_chat: int, seed: int):
         super().__init__(name=f"user-{index}", daemon=True)
-        self.index, self.url, self.scene, self.image_path = index, url, scene, image_path
+        self.index, self.client, self.scene, self.image_path = index, client, scene, image_path
         self.report, self.t0, self.deadline, self.turns_per_chat = report, t0, deadline, turns_per_chat
         self.rng = np.random.default_rng([seed, index])
 
@@ -136,19 +150,18 @@ class User(threading.Thread):
                 return qa
 
     def run(self) -> None:
-        from gradio_client import Client, handle_file
+        from gradio_client import handle_file
 
-        client = Client(self.url, verbose=False)
         image = handle_file(str(self.image_path))
         turn = 0
         while time.monotonic() < self.deadline:
-            if turn and turn % self.turns_per_chat == 0:
-                client.predict(api_name="/clear")
             qa = self.question()
             start = time.monotonic()
             ttft, chat, error = None, None, ""
             try:
-                job = client.submit(image, qa.question, *GREEDY, api_name="/chat")
+                if turn and turn % self.turns_per_chat == 0:  # a new conversation (its time counts in this turn's)
+                    self.client.predict(api_name="/clear")
+                job = self.client.submit(image, qa.question, *GREEDY, api_name="/chat")
                 for chat, _ in job:
                     if ttft is None and reply_to(chat, qa.question):
                         ttft = time.monotonic() - start
@@ -171,21 +184,27 @@ def sample_memory(pid: int, report: LoadReport, t0: float, stop: threading.Event
         stop.wait(every_s)
 
 
-def warm_up(url: str, image_paths: list[Path]) -> None:
+def warm_up(clients: list, image_paths: list[Path]) -> None:
     """One exchange per user, all at once, before measuring: the app's worker threads and lazy initialisation are
-    part of its resting memory, not of the load."""
-    from gradio_client import Client, handle_file
+    part of its resting memory, not of the load. Raises the first failure."""
+    from gradio_client import handle_file
 
-    def exchange(path: Path) -> None:
-        client = Client(url, verbose=False)
-        client.predict(handle_file(str(path)), "Is there a red circle in the image?", *GREEDY, api_name="/chat")
-        client.predict(api_name="/clear")
+    errors: list[Exception] = []
 
-    threads = [threading.Thread(target=exchange, args=(path,)) for path in image_paths]
+    def exchange(client, path: Path) -> None:
+        try:
+            client.predict(handle_file(str(path)), "Is there a red circle in the image?", *GREEDY, api_name="/chat")
+            client.predict(api_name="/clear")
+        except Exception as exc:  # noqa: BLE001 - raised below, in the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=exchange, args=pair) for pair in zip(clients, image_paths)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} of {len(clients)} warm-up exchanges failed") from errors[0]
 
 
 def run_load(url: str, pid: int, users: int, seconds: float, budget_bytes: int, turns_per_chat: int,
@@ -196,23 +215,29 @@ def run_load(url: str, pid: int, users: int, seconds: float, budget_bytes: int, 
     for i, scene in enumerate(scenes):
         paths.append(workdir / f"user-{i}.png")
         render(scene, IMAGE_SIZE).save(paths[-1])
-    warm_up(url, paths)
-    report = LoadReport(users, seconds, rss_before_bytes=rss_bytes(pid), budget_bytes=budget_bytes)
-    t0 = time.monotonic()
-    stop = threading.Event()
-    sampler = threading.Thread(target=sample_memory, args=(pid, report, t0, stop), daemon=True)
-    sampler.start()
-    threads = [User(i, url, scenes[i], paths[i], report, t0, t0 + seconds, turns_per_chat, seed)
-               for i in range(users)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    report.seconds = time.monotonic() - t0
-    stop.set()
-    sampler.join()
-    report.memory.append((time.monotonic() - t0, rss_bytes(pid)))
-    return report
+    clients: list = []
+    try:
+        clients += [connect(url) for _ in paths]  # one at a time: the app serves its config to each
+        warm_up(clients, paths)
+        report = LoadReport(users, seconds, rss_before_bytes=rss_bytes(pid), budget_bytes=budget_bytes)
+        t0 = time.monotonic()
+        stop = threading.Event()
+        sampler = threading.Thread(target=sample_memory, args=(pid, report, t0, stop), daemon=True)
+        sampler.start()
+        threads = [User(i, clients[i], scenes[i], paths[i], report, t0, t0 + seconds, turns_per_chat, seed)
+                   for i in range(users)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        report.seconds = time.monotonic() - t0
+        stop.set()
+        sampler.join()
+        report.memory.append((time.monotonic() - t0, rss_bytes(pid)))
+        return report
+    finally:
+        for client in clients:
+            client.close()
 
 
 def format_summary(s: dict, command: str) -> str:

@@ -278,8 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.results:
         args.results.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in results))
     if args.doc:
-        command = "python -m cobra_app.demo.evaluate " + " ".join(
-            a if a.startswith("--") else a for a in (sys.argv[1:] if argv is None else argv))
+        command = "python -m cobra_app.demo.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
         model_dir = Path(args.model)
         if model_dir.is_dir():
             write_report(args.doc, report_markdown(model_dir, rows, results, command, seconds, args.seed))

@@ -92,6 +92,7 @@ class TrainConfig:
     lookup_loss_weight: float = 1.0
     lookup_layer: int = 1
     offset_layer: int = 2
+    verdict_layer: int = 3
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -156,10 +157,23 @@ class Batch:
     offsets: Tensor  # [R, Lmax, 3] a named object's centre minus that of the object named before it in the row (x, y),
     # and, after a relation word, how far that relation holds: "A left of B" at B -> B.x - A.x (RELATIONS' sign)
     offset_mask: Tensor  # [R, Lmax, 3] bool: both objects are in the scene (x, y); and B follows a relation word
+    verdicts: Tensor  # [R, Lmax] 1 where the relation last stated in the row holds, else 0 (from its object B through
+    # the position that predicts the answer: the statement's truth is carried to the reply)
+    verdict_mask: Tensor  # [R, Lmax] bool: the positions where `verdicts` apply
 
     @property
     def num_label_tokens(self) -> int:
         return int((self.labels != IGNORE).sum())
+
+    @property
+    def lookup_targets(self) -> tuple[Tensor, ...]:
+        """The targets of `LookupHeads.loss`, in its argument order (each [R, Lmax, ...])."""
+        return self.lookup, self.lookup_mask, self.offsets, self.offset_mask, self.verdicts, self.verdict_mask
+
+    @property
+    def num_lookup_positions(self) -> int:
+        """Text positions with a look-up target (a name, or a verdict carried)."""
+        return int((self.lookup_mask.any(-1) | self.verdict_mask).sum())
 
 
 def chunk_plan(lengths: Sequence[int], min_chunk: int) -> list[tuple[int, int, int]]:
@@ -200,10 +214,10 @@ def token_keys(tokens: TurnTokenizer) -> Tensor:
     return keys
 
 
-def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, lengths: Sequence[int],
-                   tokens: TurnTokenizer) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """inventories [S, 3, pairs] (`scene_inventory`), row_scene [R], ids [R, L] -> the Batch's (lookup, lookup_mask,
-    offsets, offset_mask)."""
+def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, labels: Tensor, lengths: Sequence[int],
+                   tokens: TurnTokenizer) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """inventories [S, 3, pairs] (`scene_inventory`), row_scene [R], ids and labels [R, L] -> the Batch's (lookup,
+    lookup_mask, offsets, offset_mask, verdicts, verdict_mask)."""
     R, L = ids.shape
     inside = torch.arange(L) < torch.tensor(lengths)[:, None]  # [R, L]
     pair, shape, colour, relation = (k.masked_fill(~inside, -1) for k in token_keys(tokens)[ids].unbind(-1))  # [R, L]
@@ -231,7 +245,12 @@ def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, lengths:
     sign = torch.tensor([float(s) for _, s in RELATIONS.values()])[after.clamp(min=0)]  # [R, L]
     offsets[..., 2] = sign * offsets[..., :2].gather(-1, axis[..., None])[..., 0]
     offset_mask = torch.stack([has_offset, has_offset, has_offset & (after >= 0)], dim=-1)  # [R, L, 3]
-    return lookup, mask, offsets * offset_mask, offset_mask
+    # the verdict of the latest relation, carried from its object B up to the first answer position after it
+    stated = torch.where(offset_mask[..., 2], torch.arange(L), -1).cummax(dim=1).values  # [R, L] position of B
+    answers_before = F.pad((labels != IGNORE).long().cumsum(1)[:, :-1], (1, 0))  # [R, L] label positions < t
+    verdicts = (offsets[..., 2].gather(1, stated.clamp(min=0)) > 0).float()  # [R, L]
+    verdict_mask = (stated >= 0) & (answers_before == answers_before.gather(1, stated.clamp(min=0)))  # [R, L]
+    return lookup, mask, offsets * offset_mask, offset_mask, verdicts * verdict_mask, verdict_mask
 
 
 def make_batch(
@@ -260,7 +279,7 @@ def make_batch(
     row_scene = torch.tensor([scene_idx for scene_idx, _, _ in encoded])
     inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, 3, pairs]
     return Batch(pixel_values, inventories, row_scene, ids, labels, lengths, chunk_plan(lengths, min_chunk), order,
-                 *lookup_targets(inventories, row_scene, ids, lengths, tokens))
+                 *lookup_targets(inventories, row_scene, ids, labels, lengths, tokens))
 
 
 class BatchStream:
@@ -314,39 +333,47 @@ class LookupHeads(nn.Module):
     - after block `lookup_layer`, at an object name ("red square"): is it in the image, and where is its centre; at a
       shape word ("square"): which colours that shape has in the image; at a colour word: which shapes are that colour;
     - after block `offset_layer`, at an object name: its centre minus that of the object named just before it, and
-      after a relation word ("A left of B", at B) how far the relation holds along its axis (> 0: it holds).
+      after a relation word ("A left of B", at B) how far the relation holds along its axis (> 0: it holds);
+    - after block `verdict_layer`, from B through the position that predicts the reply: whether the relation holds.
 
     Why: the answers to existence and spatial questions are Yes/No, which gives no partial credit, so the language
     model gets no gradient towards looking an object up until it already can; these losses pay for each look-up, and
-    for the comparison of two positions, at the words themselves (measured in docs/DEMO_MODEL.md)."""
+    for the comparison of two positions, at the words themselves; the verdict pays for carrying the comparison past
+    the rest of a statement ('Respond with "True" or "False" directly.') to the answer (measured in
+    docs/DEMO_MODEL.md)."""
 
-    def __init__(self, d_model: int, lookup_layer: int, offset_layer: int, weight: float) -> None:
+    def __init__(self, d_model: int, lookup_layer: int, offset_layer: int, verdict_layer: int, weight: float) -> None:
         super().__init__()
         self.lookup = nn.Linear(d_model, LOOKUP_SLOTS)
         self.offset = nn.Linear(d_model, 3)
-        self.lookup_layer, self.offset_layer, self.weight = lookup_layer, offset_layer, weight
+        self.verdict = nn.Linear(d_model, 1)
+        self.lookup_layer, self.offset_layer, self.verdict_layer, self.weight = (lookup_layer, offset_layer,
+                                                                                 verdict_layer, weight)
 
     @property
-    def layers(self) -> tuple[int, int]:
-        return self.lookup_layer, self.offset_layer
+    def layers(self) -> tuple[int, int, int]:
+        return self.lookup_layer, self.offset_layer, self.verdict_layer
 
     def loss(self, streams: dict[int, Tensor], lookup: Tensor, lookup_mask: Tensor, offsets: Tensor,
-             offset_mask: Tensor) -> Tensor:
+             offset_mask: Tensor, verdicts: Tensor, verdict_mask: Tensor) -> Tensor:
         """streams {block: [R, L, d] residual stream after it}; targets as in Batch -> summed loss: binary
-        cross-entropy of the presence slots, 10 x the squared error of centres and offsets."""
+        cross-entropy of the presence slots and verdicts, 10 x the squared error of centres and offsets."""
         predicted = self.lookup(streams[self.lookup_layer])  # [R, L, LOOKUP_SLOTS]
         presence, where = object_errors(predicted[..., :CENTRE.stop], lookup[..., :CENTRE.stop])  # [R, L] each
         attributes = F.binary_cross_entropy_with_logits(predicted[..., CENTRE.stop:], lookup[..., CENTRE.stop:],
                                                         reduction="none")  # [R, L, colours + shapes]
         offset_errors = 10 * (self.offset(streams[self.offset_layer]) - offsets) ** 2  # [R, L, 3]
+        verdict_errors = F.binary_cross_entropy_with_logits(self.verdict(streams[self.verdict_layer])[..., 0], verdicts,
+                                                            reduction="none")  # [R, L]
         return ((presence * lookup_mask[..., PRESENT.start]).sum() + 10 * (where * lookup_mask[..., CENTRE.start]).sum()
-                + (attributes * lookup_mask[..., CENTRE.stop:]).sum() + (offset_errors * offset_mask).sum())
+                + (attributes * lookup_mask[..., CENTRE.stop:]).sum() + (offset_errors * offset_mask).sum()
+                + (verdict_errors * verdict_mask).sum())
 
 
 def batch_loss(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None = None, image_embeds: Tensor | None = None
                ) -> Tensor:
     """Mean cross-entropy over the batch's assistant tokens, plus (with `heads`) their weight x their loss per token
-    that names something. `image_embeds`: as in `batch_logits`."""
+    that names something or carries a verdict. `image_embeds`: as in `batch_logits`."""
     total, auxiliary = torch.zeros(()), torch.zeros(())
     streams: dict[int, Tensor] = {}  # block -> its output (residual + hidden) in the current llm call
     hooks = [vlm.llm.backbone.layers[layer].register_forward_hook(
@@ -359,14 +386,13 @@ def batch_loss(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None = None, im
                                             reduction="sum")
             if heads:
                 part = (slice(0, active), slice(start, end))
-                auxiliary = auxiliary + heads.loss(streams, batch.lookup[part], batch.lookup_mask[part],
-                                                   batch.offsets[part], batch.offset_mask[part])
+                auxiliary = auxiliary + heads.loss(streams, *(t[part] for t in batch.lookup_targets))
     finally:
         for hook in hooks:
             hook.remove()
     loss = total / max(batch.num_label_tokens, 1)
     if heads:
-        loss = loss + heads.weight * auxiliary / max(int(batch.lookup_mask.any(-1).sum()), 1)
+        loss = loss + heads.weight * auxiliary / max(batch.num_lookup_positions, 1)
     return loss
 
 
@@ -592,8 +618,10 @@ def train(
     config: CobraConfig | None = None,
     tokenizer=None,
     progress: bool = True,
+    command: str = "",
 ) -> TrainResult:
-    """Train; with `out_dir`, save the model directory, the loss log and the run info there."""
+    """Train; with `out_dir`, save the model directory, the loss log and the run info (`command`: how it was run)
+    there."""
     t0 = time.monotonic()
     torch.set_num_threads(cfg.threads)
     tokenizer = tokenizer or build_demo_tokenizer()
@@ -610,7 +638,8 @@ def train(
     monitor_items = make_eval_set(MONITOR_SEED, cfg.monitor_items) if cfg.monitor_every else []
     if cfg.vision_lr_scale == 0:
         vlm.vision_backbone.requires_grad_(False)
-    heads = (LookupHeads(config.llm.d_model, cfg.lookup_layer, cfg.offset_layer, cfg.lookup_loss_weight)
+    heads = (LookupHeads(config.llm.d_model, cfg.lookup_layer, cfg.offset_layer, cfg.verdict_layer,
+                         cfg.lookup_loss_weight)
              if cfg.lookup_loss_weight else None)
     if heads and max(heads.layers) >= config.llm.n_layer:
         raise ValueError(f"the look-up heads read blocks {heads.layers}; the model has {config.llm.n_layer}")
@@ -675,18 +704,18 @@ def train(
     vlm.eval()
     result = TrainResult(vlm, steps_done, time.monotonic() - t0, stopped_by, log, vision_log)
     if out_dir is not None:
-        save(result, cfg, tokenizer, Path(out_dir), time.monotonic() - train_start)
+        save(result, cfg, tokenizer, Path(out_dir), time.monotonic() - train_start, command)
     return result
 
 
-def save(result: TrainResult, cfg: TrainConfig, tokenizer, out_dir: Path, train_seconds: float) -> Path:
+def save(result: TrainResult, cfg: TrainConfig, tokenizer, out_dir: Path, train_seconds: float, command: str) -> Path:
     """Write the model directory (fp32 safetensors) and the run info next to the loss log."""
     from cobra_app.loading import save_model_dir  # here: loading imports transformers/hub machinery
 
     save_model_dir(result.vlm, tokenizer, out_dir)
     losses = [e["loss"] for e in result.log]
     info = {
-        "command": "python -m cobra_app.demo.train " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "command": command,
         "train_config": cfg.to_dict(),
         "steps_done": result.steps_done,
         "stopped_by": result.stopped_by,
@@ -746,7 +775,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, cfg = parse_args(argv)
-    result = train(cfg, args.out, progress=not args.no_progress)
+    command = "python -m cobra_app.demo.train " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = train(cfg, args.out, progress=not args.no_progress, command=command)
     size = (args.out / "model.safetensors").stat().st_size
     print(f"saved {args.out} after {result.steps_done} steps in {result.wall_seconds / 60:.1f} min "
           f"(stopped by {result.stopped_by}); weights {size / 1e6:.1f} MB")

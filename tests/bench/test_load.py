@@ -48,6 +48,51 @@ def test_summary_counts_failures_wrong_answers_and_the_memory_bound():
     assert not report.summary()["within_bound"]
 
 
+class FailingClient:
+    """A client whose app answers nothing: every call raises, as a timed-out or refused request does."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, *args, **kwargs):
+        self.calls += 1
+        raise TimeoutError("read timed out")
+
+    submit = predict
+
+
+def test_every_failed_call_of_a_user_is_counted_and_the_user_goes_on(tmp_path):
+    scene = load.sample_scene(load.np.random.default_rng(0))
+    image = tmp_path / "scene.png"
+    load.render(scene, 32).save(image)
+    report, client = load.LoadReport(users=1, seconds=0.3), FailingClient()
+    t0 = load.time.monotonic()
+    user = load.User(0, client, scene, image, report, t0, t0 + 0.3, turns_per_chat=2, seed=0)
+    user.run()
+    assert len(report.requests) == client.calls >= 3  # the /clear of every second turn fails too, and is counted
+    assert all(not r.ok and r.correct is None and "TimeoutError" in r.error for r in report.requests)
+    assert report.summary()["failed"] == len(report.requests)
+
+
+def test_connecting_is_retried_then_the_failure_is_raised(monkeypatch):
+    import gradio_client
+
+    attempts = []
+
+    def busy_then_ready(url, verbose=True):
+        attempts.append(url)
+        if len(attempts) < 3:
+            raise TimeoutError("read timed out")
+        return "client"
+
+    monkeypatch.setattr(gradio_client, "Client", busy_then_ready)
+    assert load.connect("http://127.0.0.1:1/", attempts=3, wait_s=0.0) == "client" and len(attempts) == 3
+    attempts.clear()
+    with pytest.raises(TimeoutError):
+        load.connect("http://127.0.0.1:1/", attempts=2, wait_s=0.0)
+    assert len(attempts) == 2
+
+
 @pytest.mark.slow
 def test_a_short_run_against_the_launched_app(tmp_path):
     vlm, tokenizer = make_tiny_vlm()

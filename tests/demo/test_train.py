@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cobra_app.demo import train as T
-from cobra_app.demo.conversations import QA, iter_training_examples
+from cobra_app.demo.conversations import QA, TRUE_FALSE_PROMPT, iter_training_examples
 from cobra_app.demo.model_config import demo_config, tiny_config
 from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, SceneObject, render
 from cobra_app.demo.tokenizer import build_demo_tokenizer
@@ -26,7 +26,7 @@ def tokens(tokenizer):
     return TurnTokenizer(tokenizer, get_prompt_builder("zephyr"))
 
 
-TINY_HEADS = {"lookup_layer": 0, "offset_layer": 1}  # the tiny model has two blocks
+TINY_HEADS = {"lookup_layer": 0, "offset_layer": 1, "verdict_layer": 1}  # the tiny model has two blocks
 TWO_TURNS = [QA("What colour is the circle?", "Red.", "colour"), QA("And the square?", "Blue.", "colour")]
 
 
@@ -127,16 +127,43 @@ def test_batch_marks_each_name_with_what_it_refers_to_in_the_rows_scene(tokens):
     assert offsets[0] == offsets[1] == offsets[3] == offsets[4] == []
 
 
+def test_a_stated_relations_verdict_is_carried_from_its_second_object_to_the_answer(tokens):
+    red = SceneObject("circle", "red", size=0.1, x=0.25, y=0.4)
+    blue = SceneObject("square", "blue", size=0.1, x=0.75, y=0.2)
+    scene = Scene((red, blue), background=(245, 245, 245), texture=0.0, grain=0.0, noise_seed=0)
+    statement = TRUE_FALSE_PROMPT.format(statement="The red circle is to the left of the blue square.")
+    rows = [(0, [QA(statement, "True", "spatial"), QA("Is there a red circle?", "Yes", "exist")]),
+            (0, [QA("Is the blue square above the red circle?", "Yes", "spatial")]),
+            (0, [QA("Is there a red circle?", "Yes", "exist")])]
+    batch = T.make_batch([scene], rows, tokens, lambda image: {"x": torch.zeros(1)}, 64)
+    for r, row in enumerate(batch.order):
+        ids = batch.ids[r, : batch.lengths[r]].tolist()
+        carried = batch.verdict_mask[r].nonzero().flatten().tolist()
+        if row == 2:
+            assert carried == []
+            continue
+        second = " blue square" if row == 0 else " red circle"
+        first_answer = next(t for t in range(len(ids)) if batch.labels[r, t] != T.IGNORE)  # predicts "True" / "Yes"
+        assert tokens.tokenizer.decode(ids[carried[0]]) == second
+        assert carried == list(range(carried[0], first_answer + 1))  # through the statement's end, not past the answer
+        assert tokens.tokenizer.decode(ids[first_answer + 1]) == rows[row][1][0].answer
+        assert batch.verdicts[r, carried].tolist() == [1.0] * len(carried)  # both relations hold
+    no = T.make_batch([scene], [(0, [QA("Is the red circle above the blue square?", "No", "spatial")])], tokens,
+                      lambda image: {"x": torch.zeros(1)}, 64)
+    assert no.verdict_mask.sum() > 0 and no.verdicts[no.verdict_mask].tolist() == [0.0] * int(no.verdict_mask.sum())
+
+
 def test_lookup_loss_of_a_chunked_batch_equals_one_sequence_per_row(tokenizer, tokens):
     """The auxiliary losses read the streams after their blocks at the right positions, chunked or not."""
     config = tiny_config(len(tokenizer))
     vlm = T.build_model(config, seed=0)
-    heads = T.LookupHeads(config.llm.d_model, lookup_layer=0, offset_layer=1, weight=0.5)
+    heads = T.LookupHeads(config.llm.d_model, lookup_layer=0, offset_layer=1, verdict_layer=1, weight=0.5)
     examples = [ex for ex, _ in zip(iter_training_examples(3), range(6))]
     rows = [(i, conv) for i, (_, conv) in enumerate(examples)]
     batch = T.make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform, config.vision.image_size,
                          min_chunk=2)
     assert batch.lookup_mask.any(-1).sum() > 3 and batch.offset_mask[..., 2].sum() > 0 and len(batch.chunks) > 1
+    assert batch.verdict_mask.sum() > batch.offset_mask[..., 2].sum()  # verdicts are carried past their statement
     auxiliary = (T.batch_loss(vlm, batch, heads) - T.batch_loss(vlm, batch)).item()
 
     streams = {}
@@ -149,11 +176,10 @@ def test_lookup_loss_of_a_chunked_batch_equals_one_sequence_per_row(tokenizer, t
         pixels = vlm.image_transform(render(examples[scene_idx][0], config.vision.image_size))
         vlm({k: v[None] for k, v in pixels.items()}, torch.tensor([ids]))
         text = {layer: stream[:, -len(ids):] for layer, stream in streams.items()}  # the text positions
-        row_targets = (batch.lookup, batch.lookup_mask, batch.offsets, batch.offset_mask)
-        total += heads.loss(text, *(t[r : r + 1, : len(ids)] for t in row_targets)).item()
+        total += heads.loss(text, *(t[r : r + 1, : len(ids)] for t in batch.lookup_targets)).item()
     for hook in hooks:
         hook.remove()
-    assert auxiliary == pytest.approx(0.5 * total / int(batch.lookup_mask.any(-1).sum()), rel=1e-4)
+    assert auxiliary == pytest.approx(0.5 * total / batch.num_lookup_positions, rel=1e-4)
 
 
 def test_stage_two_keeps_the_warmed_up_tower_frozen_by_default(tokenizer):
