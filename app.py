@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     from cobra_app.loading import ModelUnavailableError
     from cobra_app.ui.config import parse_config
     from cobra_app.ui.layout import CSS, THEME
+    from cobra_app.ui.malloc import limit_malloc_arenas
 
     cfg = parse_config(argv)
+    limit_malloc_arenas()  # before the server's worker threads exist
     try:
         demo, choice = build(cfg)
     except ModelUnavailableError as exc:

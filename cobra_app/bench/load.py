@@ -1,14 +1,16 @@
 """Bounded load test of the app on loopback (issue 8): N concurrent `gradio_client` users for a fixed time.
 
     python -m cobra_app.bench.load --users 16 --minutes 5 --model assets/demo-model --memory-budget 200MB \
-        --out artifacts/load --doc docs/LOAD.md
+        --out artifacts/load --doc docs/HARDENING.md
 
 Each user is one browser tab (its own `gradio_client.Client`, hence its own session) with its own synthetic scene from
 the demo model's world, so that every answer can be checked: it asks single-answer questions about its scene turn after
 turn (/chat, streamed, greedy) and starts a new conversation (/clear) every `--turns-per-chat` turns. Measured: requests,
 failed requests (an exception or an error notice) and wrong answers, latency and time to the first streamed token
 (percentiles), throughput, and the app process's resident memory once a second. The memory bound is the app's resident
-memory once the model is loaded and warm, plus the session budget.
+memory once the model is loaded and warm, plus the session budget. Afterwards, with the app stopped, every user's
+conversations are replayed one at a time on the same model (`replay_alone`): a reply under load must equal the reply
+alone, so that a wrong answer is the model's own error, never another user's image or state leaking in.
 
 Bounded by design: the app is launched here on 127.0.0.1 only, the users and the duration are fixed, and each user
 waits for its reply before asking again.
@@ -52,6 +54,11 @@ class Request:
     ok: bool  # no exception, no error notice
     correct: bool | None  # the reply matches the scene's answer (None: the request failed)
     error: str = ""
+    chat: int = 0  # the user's conversation it belongs to (a new one every `turns_per_chat` turns)
+    question: str = ""
+    answer: str = ""  # the scene's answer
+    reply: str = ""  # as the app showed it
+    alone: str | None = None  # the reply to the same conversation replayed alone afterwards (`replay_alone`)
 
 
 @dataclass
@@ -74,6 +81,9 @@ class LoadReport:
             "requests": len(self.requests),
             "failed": sum(not r.ok for r in self.requests),
             "wrong_answers": sum(r.correct is False for r in self.requests),
+            "replayed": sum(r.alone is not None for r in self.requests),
+            "differ_from_alone": sum(r.alone is not None and r.alone != r.reply for r in self.requests),
+            "wrong_alone": sum(r.alone is not None and not is_correct(r.alone, r.answer) for r in self.requests),
             "accuracy": round(sum(bool(r.correct) for r in done) / max(len(done), 1), 4),
             "requests_per_s": round(len(done) / max(self.seconds, 1e-9), 3),
             "latency_s": percentiles(latencies),
@@ -171,10 +181,11 @@ class User(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
                 error = f"{type(exc).__name__}: {exc}"
             latency = time.monotonic() - start
-            ok = not error
-            correct = is_correct(reply_to(chat, qa.question), qa.answer) if ok and chat else None
-            self.report.requests.append(Request(self.index, start - self.t0, latency, ttft, ok and chat is not None,
-                                                correct, error))
+            ok = not error and chat is not None
+            reply = reply_to(chat, qa.question).strip() if ok else ""
+            self.report.requests.append(Request(self.index, start - self.t0, latency, ttft, ok,
+                                                is_correct(reply, qa.answer) if ok else None, error,
+                                                turn // self.turns_per_chat, qa.question, qa.answer, reply))
             turn += 1
 
 
@@ -207,14 +218,18 @@ def warm_up(clients: list, image_paths: list[Path]) -> None:
         raise RuntimeError(f"{len(errors)} of {len(clients)} warm-up exchanges failed") from errors[0]
 
 
+def user_image(workdir: Path, user: int) -> Path:
+    """Where a user's scene image (the file it uploads) is written."""
+    return workdir / f"user-{user}.png"
+
+
 def run_load(url: str, pid: int, users: int, seconds: float, budget_bytes: int, turns_per_chat: int,
              seed: int, workdir: Path) -> LoadReport:
     rng = np.random.default_rng([seed, 99])
     scenes = [sample_scene(rng) for _ in range(users)]
-    paths = []
-    for i, scene in enumerate(scenes):
-        paths.append(workdir / f"user-{i}.png")
-        render(scene, IMAGE_SIZE).save(paths[-1])
+    paths = [user_image(workdir, i) for i in range(users)]
+    for scene, path in zip(scenes, paths):
+        render(scene, IMAGE_SIZE).save(path)
     clients: list = []
     try:
         clients += [connect(url) for _ in paths]  # one at a time: the app serves its config to each
@@ -240,6 +255,36 @@ def run_load(url: str, pid: int, users: int, seconds: float, budget_bytes: int, 
             client.close()
 
 
+def replay_alone(model: str, report: LoadReport, workdir: Path, max_new_tokens: int = GREEDY[0]) -> None:
+    """Ask every user's conversations again, one at a time, on the model the app served (chosen and loaded as the app
+    does), and record each reply in `Request.alone`: a reply under load that differs from it was changed by the
+    load (another user's image or state, a batching error), not by the model. Conversations with a failed request
+    are not replayed."""
+    from cobra_app.generation import SamplingParams
+    from cobra_app.sessions import SessionManager
+    from cobra_app.ui.config import parse_config
+    from cobra_app.ui.images import open_image
+    from cobra_app.ui.model_choice import choose_model
+
+    cfg = parse_config(["--model", model])
+    manager = SessionManager(choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype).cobra)
+    params = SamplingParams(max_new_tokens=max_new_tokens, greedy=True)
+    chats: dict[tuple[int, int], list[Request]] = {}
+    for r in sorted(report.requests, key=lambda r: r.started_s):
+        chats.setdefault((r.user, r.chat), []).append(r)
+    for (user, _), requests in chats.items():
+        if not all(r.ok for r in requests):
+            continue
+        sid = manager.open_session()
+        manager.set_image(sid, open_image(user_image(workdir, user)))
+        for r in requests:
+            reply = manager.send(sid, r.question, params)
+            for _ in reply:
+                pass
+            r.alone = reply.text.strip()
+        manager.close_session(sid)
+
+
 def format_summary(s: dict, command: str) -> str:
     lat, ttft = s["latency_s"], s["ttft_s"]
     return "\n".join([
@@ -258,6 +303,10 @@ def format_summary(s: dict, command: str) -> str:
         f"App memory (RSS): {s['rss_before_mb']} MB with the model loaded and warm; peak {s['rss_peak_mb']} MB, "
         f"end {s['rss_end_mb']} MB; bound (before + session budget) {s['bound_mb']} MB: "
         f"{'within' if s['within_bound'] else 'ABOVE'} the bound.",
+        "",
+        f"The same conversations replayed one at a time afterwards, on the same model: {s['replayed']} replies, "
+        f"{s['differ_from_alone']} differ from the reply under load; the model alone gets {s['wrong_alone']} of them "
+        "wrong (its own errors, not the load's).",
     ])
 
 
@@ -289,10 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m cobra_app.bench.load " + " ".join(argv if argv is not None else sys.argv[1:])
     app_args = ("--model", args.model, "--memory-budget", str(budget), "--concurrency", str(args.concurrency))
     args.out.mkdir(parents=True, exist_ok=True)
-    with running_app(*app_args, log_path=args.out / "app.log") as url, tempfile.TemporaryDirectory() as tmp:
-        assert urlparse(url).hostname in LOOPBACK
-        report = run_load(url, url.pid, args.users, args.minutes * 60, budget, args.turns_per_chat, args.seed,
-                          Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        with running_app(*app_args, log_path=args.out / "app.log") as url:
+            assert urlparse(url).hostname in LOOPBACK
+            report = run_load(url, url.pid, args.users, args.minutes * 60, budget, args.turns_per_chat, args.seed,
+                              Path(tmp))
+        replay_alone(args.model, report, Path(tmp))  # the app has stopped: the machine is this replay's alone
     summary = report.summary()
     (args.out / "load.json").write_text(json.dumps(
         {"command": command, "summary": summary, "requests": [asdict(r) for r in report.requests],
@@ -301,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.doc:
         write_doc(args.doc, text)
-    return 0 if summary["failed"] == 0 and summary["within_bound"] else 1
+    return 0 if summary["failed"] == 0 and summary["differ_from_alone"] == 0 and summary["within_bound"] else 1
 
 
 if __name__ == "__main__":

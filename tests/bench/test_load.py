@@ -48,6 +48,20 @@ def test_summary_counts_failures_wrong_answers_and_the_memory_bound():
     assert not report.summary()["within_bound"]
 
 
+def test_summary_compares_each_reply_under_load_with_the_same_conversation_replayed_alone():
+    report = load.LoadReport(users=2, seconds=10.0)
+    asked = dict(ok=True, question="How many objects are there?", answer="Two.")
+    report.requests = [
+        load.Request(0, 0.0, 1.0, 0.2, correct=True, reply="Two.", alone="Two.", **asked),
+        load.Request(1, 0.5, 1.0, 0.2, correct=False, reply="Three.", alone="Three.", **asked),  # the model's error
+        load.Request(1, 1.0, 1.0, 0.2, correct=True, reply="Two.", alone=None, **asked),  # not replayed
+    ]
+    s = report.summary()
+    assert (s["replayed"], s["differ_from_alone"], s["wrong_alone"]) == (2, 0, 1)
+    report.requests[0].alone = "Three."  # the load changed a reply: another user's state leaked in, say
+    assert report.summary()["differ_from_alone"] == 1
+
+
 class FailingClient:
     """A client whose app answers nothing: every call raises, as a timed-out or refused request does."""
 
@@ -103,6 +117,7 @@ def test_a_short_run_against_the_launched_app(tmp_path):
     result = json.loads((out / "load.json").read_text())
     summary = result["summary"]
     assert summary["requests"] >= 4 and summary["failed"] == 0 and code == 0  # random weights: answers unchecked
+    assert summary["replayed"] == summary["requests"] and summary["differ_from_alone"] == 0  # but equal alone
     assert {r["user"] for r in result["requests"]} == {0, 1} and len(result["memory"]) >= 5
     assert summary["within_bound"] and summary["rss_before_mb"] > 0
     assert load.BEGIN in doc.read_text() and "| users |" in doc.read_text()

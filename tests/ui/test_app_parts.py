@@ -45,6 +45,56 @@ def test_bad_settings_exit_with_a_message(capsys):
     assert parse_bytes("1.5 GB") == 1_500_000_000 and parse_bytes("2kib") == 2048
 
 
+# --- process --------------------------------------------------------------------------------------------------------
+ARENA_PROBE = """
+import ctypes, sys, threading
+from cobra_app.ui.malloc import limit_malloc_arenas
+if sys.argv[1] == "cap":
+    assert limit_malloc_arenas()
+barrier = threading.Barrier(8)
+def work():  # eight threads allocating at the same time, as the app's workers running the model do
+    keep = [bytearray(50_000) for _ in range(20)]
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" block per malloc arena, on stderr
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "malloc_stats"), reason="not glibc")
+def test_the_app_caps_malloc_arenas_so_worker_threads_share_freed_memory():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+
+    def arenas(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], env=env, capture_output=True, text=True,
+                             check=True)
+        return sum(line.startswith("Arena ") for line in run.stderr.splitlines())
+
+    assert arenas("default") > 2  # glibc: a new arena per thread (up to 8 per core)
+    assert arenas("cap") == 2
+
+
+def test_the_app_caps_the_arenas_before_it_builds_anything(monkeypatch, tmp_path):
+    import app
+    import cobra_app.ui.malloc
+
+    calls = []
+
+    def build(cfg):
+        calls.append("build")
+        raise ModelUnavailableError("no model here")
+
+    monkeypatch.setattr(cobra_app.ui.malloc, "limit_malloc_arenas", lambda: calls.append("cap"))
+    monkeypatch.setattr(app, "build", build)
+    assert app.main(["--model", str(tmp_path / "missing")]) == 1
+    assert calls == ["cap", "build"]
+
+
 # --- images ---------------------------------------------------------------------------------------------------------
 def _save(tmp_path, image, name, **kwargs):
     path = tmp_path / name
