@@ -307,7 +307,8 @@ def linear_kernel(kernel_ops):
     return kernel_ops.linear
 
 
-@pytest.mark.parametrize(("rows", "k", "n"), [(1, 2560, 1024), (1, 160, 77), (3, 37, 65), (8, 5120, 33), (5, 96, 2)])
+@pytest.mark.parametrize(("rows", "k", "n"), [(1, 2560, 1024), (1, 160, 77), (1, 64, 5), (2, 300, 19), (3, 37, 65),
+                                             (4, 2560, 131), (8, 5120, 33), (5, 96, 2)])
 def test_linear_equals_the_fp32_product_rounded_once(linear_kernel, rows, k, n):
     """fp32 accumulation of bf16 products, one rounding to bf16: within half a bf16 ulp of the exact product
     (plus fp32 summation error), and never further from it than torch's own bf16 F.linear."""
