@@ -1,7 +1,11 @@
 """Spec: the app's settings, image reading, model choice with its offline fallback, examples and probe-suite uploads."""
 
+import ctypes
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -62,12 +66,8 @@ ctypes.CDLL(None).malloc_stats()  # one "Arena N:" block per malloc arena, on st
 """
 
 
-@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "malloc_stats"), reason="not glibc")
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_stats"), reason="not glibc")
 def test_the_app_caps_malloc_arenas_so_worker_threads_share_freed_memory():
-    import os
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
 
     def arenas(mode: str) -> int:
