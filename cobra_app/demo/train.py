@@ -657,6 +657,8 @@ def train(
         log_file = open(Path(out_dir) / LOG_FILE, "w")
     log: list[dict] = []
     stopped_by, ema = "steps", None
+    behind = False  # projected to overrun the budget: the cosine then follows the clock
+    step_seconds = 0.0  # time spent in optimizer steps (monitoring included, the projector warm-up not)
     bar = tqdm(total=cfg.steps, disable=not progress, dynamic_ncols=True, desc="train")
     train_start = time.monotonic()
     try:
@@ -665,15 +667,19 @@ def train(
             if elapsed > budget - reserve:
                 stopped_by = "time"
                 break
-            # cosine progress: by step, or by time when the run is behind its budget (keeps the end on time)
-            steps_left = cfg.steps - cfg.warmup_steps
-            step_progress = (step - cfg.warmup_steps) / max(steps_left, 1)
+            # cosine progress by step; by time only once the remaining steps, at the pace so far, would overrun the
+            # budget (the schedule is then compressed to end on time). A run that keeps to its budget never lets
+            # the clock into its schedule, so its weights depend on the seed alone.
+            if not behind and step > cfg.warmup_steps:
+                behind = elapsed + step_seconds / step * (cfg.steps - step) > budget - reserve
+            step_progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
             time_progress = (elapsed - (train_start - t0)) / max(budget - reserve - (train_start - t0), 1)
-            lr = lr_at(cfg, step, max(step_progress, time_progress if step >= cfg.warmup_steps else 0.0))
+            lr = lr_at(cfg, step, max(step_progress, time_progress) if behind else step_progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             if oracle and step == cfg.oracle_steps:  # the oracle stage ends: real images from here on
                 vision_log += warm_up_projector(vlm, oracle, cfg, progress, deadline)
+            step_start = time.monotonic()
             batch = next(stream)
             on_oracle = oracle if step < cfg.oracle_steps else None
             loss = batch_loss(vlm, batch, heads, on_oracle(batch.inventories) if on_oracle else None)
@@ -694,6 +700,7 @@ def train(
             if log_file:
                 log_file.write(json.dumps(entry) + "\n")
                 log_file.flush()
+            step_seconds += time.monotonic() - step_start
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}")
     finally:
