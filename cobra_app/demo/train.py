@@ -32,8 +32,9 @@ import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from functools import cache
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cobra_app.demo.conversations import (FOLLOW_UPS, QA, RELATION_PHRASES, iter_training_examples, make_eval_set,
-                                          plural)
+from cobra_app.demo.conversations import FOLLOW_UPS, QA, RELATION_PHRASES, iter_training_examples, make_eval_set, plural
 from cobra_app.demo.model_config import demo_config
 from cobra_app.demo.scenes import COLOURS, PAIRS, RELATIONS, SHAPES, Scene, object_map, render, sample_scene
 from cobra_app.demo.tokenizer import RELATION_WORDS, build_demo_tokenizer
@@ -612,6 +612,22 @@ class TrainResult:
     vision_log: list[dict] = field(default_factory=list)  # stage 1 (vision warm-up)
 
 
+@contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Inside, torch uses deterministic algorithms only (`torch.use_deterministic_algorithms`); the previous setting is
+    restored after. Training needs it to be a function of the seed: on CPU the backward of advanced indexing with
+    repeated indices (`index_put_` with accumulate, here `_select`'s rows that share a scene's state) adds in an order
+    that depends on thread timing once a tensor is large enough to be split over threads, so at the demo model's size
+    two runs of one seed drifted apart from the first step (measured: no cost in step time)."""
+    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+@deterministic_algorithms()
 def train(
     cfg: TrainConfig,
     out_dir: Path | None = None,
