@@ -325,6 +325,24 @@ def test_oracle_tokens_encode_the_inventory_the_same_at_every_patch():
     assert not torch.allclose(tokens[0], tokens[1])
 
 
+def test_oracle_stage_batches_are_not_rendered_and_the_stream_is_otherwise_the_same(tokenizer, tokens):
+    """The oracle stage reads OracleTokens in place of the images, so its batches carry no pixels; the text, the
+    scenes and the later batches' images are those of a stream without an oracle stage."""
+    config = tiny_config(len(tokenizer))
+    vlm = T.build_model(config, seed=0)
+    cfg = T.TrainConfig(rows_per_batch=6, oracle_steps=2)
+    oracle_first = T.BatchStream(0, tokens, vlm.image_transform, config.vision.image_size, cfg)
+    plain = T.BatchStream(0, tokens, vlm.image_transform, config.vision.image_size,
+                          dataclasses.replace(cfg, oracle_steps=0))
+    batches = [(next(oracle_first), next(plain)) for _ in range(3)]
+    for step, (batch, reference) in enumerate(batches):
+        assert torch.equal(batch.ids, reference.ids) and torch.equal(batch.inventories, reference.inventories)
+        assert (batch.pixel_values == {}) == (step < 2)
+    assert all(torch.equal(batches[2][0].pixel_values[k], v) for k, v in batches[2][1].pixel_values.items())
+    with pytest.raises(ValueError, match="no images"):
+        next(T.batch_logits(vlm, batches[0][0]))
+
+
 def test_batch_loss_reads_given_image_tokens_in_place_of_the_images(tokenizer, tokens):
     config = tiny_config(len(tokenizer))
     vlm = T.build_model(config, seed=0)
