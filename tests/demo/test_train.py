@@ -225,6 +225,18 @@ def test_at_the_demo_models_size_two_runs_of_one_seed_are_equal_bit_for_bit(toke
     assert not torch.are_deterministic_algorithms_enabled()
 
 
+def test_the_kernels_are_loaded_before_the_training_clock_starts(tokenizer, monkeypatch):
+    """Loading (or compiling) the CPU kernels is not charged to the budget nor to the pace of the first step."""
+    events = []
+    monkeypatch.setattr(T, "get_ops", lambda device: events.append("kernels"))
+    clock = T.time.monotonic
+    monkeypatch.setattr(T.time, "monotonic", lambda: events.append("clock") or clock())
+    cfg = T.TrainConfig(**TINY_HEADS, steps=2, rows_per_batch=4, warmup_steps=1, monitor_every=0, vision_steps=0,
+                        oracle_steps=0)
+    T.train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    assert events[0] == "kernels" and "clock" in events
+
+
 def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path):
     from cobra_app.loading import load
 
