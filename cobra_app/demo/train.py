@@ -627,7 +627,8 @@ def deterministic_algorithms() -> Iterator[None]:
     repeated indices (`index_put_` with accumulate, here `_select`'s rows that share a scene's state) adds in an order
     that depends on thread timing once a tensor is large enough to be split over threads, so at the demo model's size
     two runs of one seed drifted apart from the first step (measured: no cost in step time)."""
-    before, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         yield
