@@ -266,7 +266,7 @@ def make_batch(
     """scenes + rows (scene index, turns) -> a Batch. Images are rendered at `image_size` and transformed exactly as
     at inference (`vlm.image_transform`); with `image_transform` None they are not rendered (no pixel values)."""
     pixels = [image_transform(render(scene, image_size)) for scene in scenes] if image_transform else []
-    pixel_values = {name: torch.stack([p[name] for p in pixels]) for name in (pixels[0] if pixels else ())}
+    pixel_values = {name: torch.stack([p[name] for p in pixels]) for name in pixels[0]} if pixels else {}
     unsorted = [(scene_idx, *encode_turns(turns, tokens)) for scene_idx, turns in rows]
     order = sorted(range(len(unsorted)), key=lambda r: -len(unsorted[r][1]))  # stable: ties keep their order
     encoded = [unsorted[r] for r in order]
