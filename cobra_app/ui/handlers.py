@@ -229,6 +229,7 @@ class _TabData:
     speeds: list[str | None] = field(default_factory=list)
     image_file: tuple | None = None  # (path, size, mtime) of the image last set, to skip re-decoding it
     refused: tuple | None = None  # the file last refused (Gradio reports one upload as two changes: warn once)
+    image_lock: threading.Lock = field(default_factory=threading.Lock)  # those two changes may run at once
 
 
 class ChatHandlers:
@@ -317,8 +318,14 @@ class ChatHandlers:
     def _apply_image(self, sid: str, image_path: str | None, interrupt: bool = False, from_input: bool = False) -> bool:
         """Make `image_path` the session's image (a different image starts a new conversation; `interrupt`: stop a
         reply in flight first). False (after a notice) when the file is refused; `from_input`: the image input's
-        change event, which fires twice per upload, so a refusal repeated at once is not announced again."""
+        change event, which fires twice per upload, so a refusal repeated at once is not announced again. One image
+        change at a time per tab: the two events may run at once (two workers), and both would warn."""
         tab = self._tab(sid)
+        with tab.image_lock:
+            return self._apply_image_locked(tab, sid, image_path, interrupt, from_input)
+
+    def _apply_image_locked(self, tab: _TabData, sid: str, image_path: str | None, interrupt: bool,
+                            from_input: bool) -> bool:
         if image_path is None:
             if interrupt:
                 self.manager.stop(sid)

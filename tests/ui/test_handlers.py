@@ -1,6 +1,8 @@
 """Spec: the UI's actions, without a browser. Each returns what the page shows; failures become plain-words notices
 and leave the user's input where it was."""
 
+import threading
+
 import pytest
 from PIL import Image
 
@@ -190,6 +192,30 @@ def test_image_changes_start_a_new_conversation_and_bad_files_keep_the_old_one(u
     sid, chat, shown = ui.set_image(str(other), sid)
     assert chat == [] and shown == str(other)
     assert notes.infos[-1] == "New image: a new conversation has started."
+
+
+def test_the_two_changes_of_one_bad_upload_warn_once_even_when_they_run_at_once(ui, notes, tmp_path, monkeypatch):
+    """A served app runs the two change events of one upload on two workers; they once both warned (two toasts)."""
+    both_warned = threading.Barrier(2)
+    warn = notes.warning
+
+    def slow_warning(message):  # a served app's notice takes a while (I/O): each event waits here for the other
+        warn(message)
+        try:
+            both_warned.wait(timeout=0.5)
+        except threading.BrokenBarrierError:  # the other event cannot get this far meanwhile
+            pass
+
+    monkeypatch.setattr(notes, "warning", slow_warning)
+    sid = ui.open_tab()
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not pixels")
+    workers = [threading.Thread(target=ui.set_image, args=(str(bad), sid)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sum("not an image" in w for w in notes.warnings) == 1
 
 
 def test_oversized_images_are_refused_before_decoding(ui, notes, tmp_path):
