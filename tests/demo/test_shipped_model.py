@@ -36,7 +36,7 @@ def test_ships_as_a_self_contained_model_directory_within_budget():
 
 
 RELIABLE_KINDS = ("exist", "colour", "shape")  # the kinds at 100% held out; of the descriptions, counts and spatial
-# relations suggested for the example images, five are wrong (docs/DEMO_MODEL.md; their held-out targets are checked below)
+# relations suggested for the example images, four are wrong (docs/DEMO_MODEL.md; their held-out targets are checked below)
 
 
 def test_answers_the_suggested_existence_colour_and_shape_questions_about_the_example_images(cobra):

@@ -27,6 +27,17 @@ def app_model_dir(tiny_model_dir):
     return DEMO_MODEL if DEMO_MODEL.is_dir() else tiny_model_dir
 
 
+@pytest.fixture(scope="session")
+def model_reply(app_model_dir):
+    """The served model's own greedy reply, computed here: fn(image, question, max_new_tokens) -> stripped text. Apps
+    under test must show exactly this for a greedy turn (whether it is right is the model's business, not the UI's)."""
+    from cobra_app.pipeline import load
+
+    cobra = load(app_model_dir, device="cpu")
+    return lambda image, question, max_new_tokens: cobra.generate(image, question,
+                                                                  max_new_tokens=max_new_tokens).strip()
+
+
 MAX_BYTES, MAX_PIXELS = 2 * 10**6, 4 * 10**6  # the image caps of the handler tests
 
 

@@ -140,7 +140,7 @@ def test_start_page_shows_the_offline_banner_and_model_info(browser, app_url, sh
     context.close()
 
 
-def test_chat_streams_then_regenerate_undo_clear(browser, app_url, shots):
+def test_chat_streams_then_regenerate_undo_clear(browser, app_url, shots, model_reply):
     context, page = open_page(browser, app_url)
     pick_example(page, 0)
     suggestion = page.locator("#suggestions button").first
@@ -159,8 +159,9 @@ def test_chat_streams_then_regenerate_undo_clear(browser, app_url, shots):
     shots(page, "02-first-reply")
     line = speed_lines(page)[0]
     assert re.search(r"[\d.]+ s to first token", line) and "tokens in context" in line and "(constant)" in line
-    if DEMO_MODEL.is_dir():
-        assert final.strip() == expected_answer(0, question)
+    if DEMO_MODEL.is_dir():  # the model's own reply at the UI's defaults (greedy, 128 new tokens): the first
+        # suggestion is a description, which has no accuracy target (the kinds checked below against the truth have)
+        assert final.strip() == model_reply(EXAMPLES / "scene-1.png", question, 128)
 
     follow_up = "How many objects are in the image?"
     ask(page, follow_up, 2)
