@@ -165,7 +165,7 @@ FOLLOW_UPS: dict[str, tuple[str, ...]] = {
     "exist": ("And {obj}?", "What about {obj}?"),
 }
 # relative frequency of each kind in training conversations; spatial relations, the slowest to learn, get the most
-# (4 -> 6 lifted them over their target: docs/DEMO_MODEL.md)
+# (6 since run H1; 4 before: docs/DEMO_MODEL.md, 'From G5 to H1')
 KIND_WEIGHTS: dict[str, float] = {"describe": 1, "count": 2, "colour": 2, "shape": 2, "exist": 3, "spatial": 6}
 FOLLOW_UP_PROB = 0.5
 MAX_TURNS = 4
