@@ -323,12 +323,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_step(const at::Tensor& xz, 
   TORCH_CHECK(xz.dim() == 2 && xz.size(1) == 2 * D, "mixer_step: xz must be [M, 2D]");
   TORCH_CHECK(x_proj_w.size(0) == R + 2 * N && x_proj_w.size(1) == D, "mixer_step: x_proj_w must be [R + 2N, D]");
   const at::ScalarType st = xz.scalar_type();
-  const at::Tensor x = xz.narrow(1, 0, D).unsqueeze(-1), z = xz.narrow(1, D, D).unsqueeze(-1);  // [M, D, 1]
-  // causal conv over the last K inputs, + bias, SiLU (torch_ops.causal_conv1d, L = 1)
-  const at::Tensor window = at::cat({conv_state.to(st), x}, -1).narrow(-1, 1, K);  // [M, D, K]: the new conv state
-  const at::Tensor conv = (window.to(at::kFloat) * conv_w.to(at::kFloat)).sum(-1, true) +
-                          conv_b.to(at::kFloat).unsqueeze(-1);  // [M, D, 1]
-  const at::Tensor u = at::silu(conv).to(st);                  // [M, D, 1]
+  const int64_t M = xz.size(0);
+  const at::Tensor z = xz.narrow(1, D, D).unsqueeze(-1);  // [M, D, 1]
+  // causal conv over the last K inputs, + bias (torch_ops.causal_conv1d, L = 1) in one pass over the channels: the
+  // new conv state (the last K inputs, in xz's dtype) and the fp32 pre-activation, whose products are summed in
+  // ATen's order for a K-term row (k = 0, 1, ..., K - 1, from 0; checked bit for bit at K = 4 by the tests)
+  const at::Tensor state = conv_state.to(st).contiguous(), w = conv_w.to(at::kFloat).contiguous();
+  const at::Tensor b = conv_b.to(at::kFloat).contiguous(), xs = xz.contiguous();
+  at::Tensor window = at::empty({M, D, K}, xz.options());        // [M, D, K]: the new conv state
+  at::Tensor conv = at::empty({M, D, 1}, xz.options().dtype(at::kFloat));  // [M, D, 1]
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st, "mixer_step_conv", [&] {
+    const scalar_t* old_window = state.data_ptr<scalar_t>();
+    const scalar_t* x = xs.data_ptr<scalar_t>();  // row m: x at [m * 2D, m * 2D + D)
+    const float* wp = w.data_ptr<float>();
+    const float* bp = b.data_ptr<float>();
+    scalar_t* out = window.data_ptr<scalar_t>();
+    float* cp = conv.data_ptr<float>();
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t d = 0; d < D; ++d) {
+        const scalar_t* src = old_window + (m * D + d) * K;
+        scalar_t* dst = out + (m * D + d) * K;
+        for (int64_t k = 0; k + 1 < K; ++k) dst[k] = src[k + 1];
+        dst[K - 1] = x[m * 2 * D + d];
+        float acc = 0.f;
+        for (int64_t k = 0; k < K; ++k) {
+          const float product = static_cast<float>(dst[k]) * wp[d * K + k];  // rounded to fp32, as ATen's multiply
+          acc += product;
+        }
+        cp[m * D + d] = acc + bp[d];
+      }
+    }
+  });
+  const at::Tensor u = at::silu(conv).to(st);  // [M, D, 1]
   const at::Tensor x_dbl = project(u.squeeze(-1), x_proj_w);   // [M, R + 2N]
   const at::Tensor delta = project(x_dbl.narrow(1, 0, R), dt_proj_w).unsqueeze(-1);  // [M, D, 1]
   const at::Tensor B = x_dbl.narrow(1, R, N).unsqueeze(-1), C = x_dbl.narrow(1, R + N, N).unsqueeze(-1);  // [M, N, 1]
