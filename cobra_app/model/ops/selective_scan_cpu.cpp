@@ -347,7 +347,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_step(const at::Tensor& xz, 
         dst[K - 1] = x[m * 2 * D + d];
         float acc = 0.f;
         for (int64_t k = 0; k < K; ++k) {
-          const float product = static_cast<float>(dst[k]) * wp[d * K + k];  // rounded to fp32, as ATen's multiply
+          // rounded to fp32 before the add, as ATen's multiply (this file's baseline code has no FMA to fuse them)
+          const float product = static_cast<float>(dst[k]) * wp[d * K + k];
           acc += product;
         }
         cp[m * D + d] = acc + bp[d];
