@@ -1,39 +1,82 @@
-"""This machine's ceilings, measured in the same run as the model: matmul GFLOP/s per dtype and copy bandwidth."""
+"""Timing, and this machine's ceilings measured in the same run as the model: matmul GFLOP/s per dtype and copy
+bandwidth. Each ceiling is a `Case` (a call and the work it does) so that it can be timed in turns with the model."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `fn()` over `repeats` runs after `warmup` runs (CUDA-synchronised where relevant)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        fn()
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def seconds_per_call(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall time of each of `repeats` calls of `fn()` (CUDA-synchronised where relevant)."""
     times = []
     for _ in range(repeats):
-        sync()
+        _sync()
         start = time.perf_counter()
         fn()
-        sync()
+        _sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
 
 
-def matmul_gflops(dtype: torch.dtype, device: str = "cpu", m: int = 760, k: int = 2560, n: int = 10240) -> float:
-    """GFLOP/s of x[m, k] @ W[n, k]^T: the shape of Cobra-3B's largest prefill matmul (in_proj, 760 tokens)."""
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `repeats` runs after `warmup` runs."""
+    seconds_per_call(fn, warmup)
+    return statistics.median(seconds_per_call(fn, repeats))
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], object]], rounds: int, per_round: int = 1, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Each function's median wall time per round, the functions timed in turns (round r times every function
+    `per_round` times before round r + 1 starts), so that figures to be compared see the same machine: on a shared
+    host the memory bandwidth drifts by a third within minutes. Returns name -> [median seconds of round r]."""
+    for fn in fns.values():
+        seconds_per_call(fn, warmup)
+    per_round_medians: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            per_round_medians[name].append(statistics.median(seconds_per_call(fn, per_round)))
+    return per_round_medians
+
+
+@dataclass
+class Case:
+    """A call that does a known amount of work: `work` FLOP (matmul) or bytes moved (copy) per call."""
+
+    call: Callable[[], object]
+    work: float
+
+    def rate(self, seconds: float) -> float:
+        """Work per second in billions (GFLOP/s or GB/s)."""
+        return self.work / seconds / 1e9
+
+
+def matmul_case(dtype: torch.dtype, device: str = "cpu", m: int = 760, k: int = 2560, n: int = 10240) -> Case:
+    """x[m, k] @ W[n, k]^T: the shape of Cobra-3B's largest prefill matmul (in_proj, 760 tokens)."""
     x = torch.randn(m, k, dtype=dtype, device=device)
     w = torch.randn(n, k, dtype=dtype, device=device)
-    return 2 * m * k * n / median_seconds(lambda: F.linear(x, w)) / 1e9
+    return Case(lambda: F.linear(x, w), 2 * m * k * n)
 
 
-def copy_bandwidth_gbs(device: str = "cpu", nbytes: int = 1 << 30) -> float:
-    """Memory bandwidth in GB/s of a large copy, counting the bytes read and the bytes written."""
+def copy_case(device: str = "cpu", nbytes: int = 1 << 30) -> Case:
+    """A large copy, counting the bytes read and the bytes written."""
     src = torch.ones(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    return 2 * nbytes / median_seconds(lambda: dst.copy_(src)) / 1e9
+    return Case(lambda: dst.copy_(src), 2 * nbytes)
+
+
+def matmul_gflops(dtype: torch.dtype, device: str = "cpu") -> float:
+    """GFLOP/s of `matmul_case`, median of 5 calls."""
+    case = matmul_case(dtype, device)
+    return case.rate(median_seconds(case.call))

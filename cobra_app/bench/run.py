@@ -4,7 +4,8 @@ Measures in one run, on one model: the machine's ceilings (matmul GFLOP/s, copy 
 decode speed, time to first token per turn over a multi-turn chat with sessions versus the release's way (re-encode
 the image and re-read the whole conversation every turn), batched decode across sessions, state size and peak memory,
 and transformers' `MambaForCausalLM` on the same weights and dtype as the peer. Prints a table of absolute figures and
-ratios, writes `bench.json` and `ttft_per_turn.png` to --out. Every ratio compares figures measured in this run.
+ratios, writes `bench.json` and `ttft_per_turn.png` to --out. Every ratio compares figures measured in this run, and
+the decode, batched and prefill figures it compares are timed in turns (round by round), not one after the other.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from cobra_app.bench.ceilings import copy_bandwidth_gbs, matmul_gflops, median_seconds
+from cobra_app.bench.ceilings import copy_case, interleaved_seconds, matmul_case, matmul_gflops, median_seconds
 from cobra_app.loading import LoadedModel
-from cobra_app.pipeline import Cobra, load
 from cobra_app.model.mamba import MambaState
+from cobra_app.pipeline import Cobra, load
 
 RANDOM_PREFIX = "random:"
 
@@ -61,31 +64,55 @@ def random_ids(n: int, vocab: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def measure_model(cobra: Cobra, args: argparse.Namespace, res: Results) -> None:
-    """Image encoding, prefill and decode of our implementation, and of the transformers peer."""
+    """Image encoding, prefill and decode of our implementation and of the transformers peer. Figures that a target
+    compares are timed in turns (`interleaved_seconds`): our prefill with the matmul ceiling, our decode step with
+    the peer's and with the copy whose bandwidth sets the decode floor."""
     vlm, lm, dev = cobra.vlm, cobra.vlm.llm, cobra.device
     size = vlm.config.vision.image_size
     pixels = {k: torch.randn(1, 3, size, size, device=dev) for k in vlm.image_transform.transforms}
     res.add("image_encode_s", median_seconds(lambda: vlm.encode_images(pixels), args.repeats), "s")
+
     embeds = lm.embed(random_ids(args.prefill_tokens, cobra.vocab_size, 0).to(dev))
-    prefill_s = median_seconds(lambda: lm(inputs_embeds=embeds, logits_to_keep=1), args.repeats)
+    ceiling = matmul_case(lm.dtype, dev)
+    prefill = interleaved_seconds(
+        {"ours": lambda: lm(inputs_embeds=embeds, logits_to_keep=1), "ceiling": ceiling.call}, args.repeats
+    )
+    prefill_s = statistics.median(prefill["ours"])
+    res.add("matmul_gflops_model_dtype", ceiling.rate(statistics.median(prefill["ceiling"])), "GFLOP/s",
+            f"ceiling, {lm.dtype}, timed between prefills")
     res.add("prefill_tok_s", args.prefill_tokens / prefill_s, "tok/s", f"{args.prefill_tokens} tokens in {prefill_s:.2f} s")
-    _, state = lm(inputs_embeds=embeds, logits_to_keep=1)
-    token = torch.tensor([7], device=dev)
-    decode_s = median_seconds(lambda: lm.step(token, state), args.decode_steps)
-    res.add("decode_tok_s", 1 / decode_s, "tok/s", f"{decode_s * 1e3:.0f} ms per token")
-    res.add("state_bytes", state.nbytes, "B", "per conversation, any length")
     flops = 2 * sum(p.numel() for n, p in lm.named_parameters() if p.dim() == 2 and "embedding" not in n)
     res.add("prefill_matmul_gflops", flops * args.prefill_tokens / prefill_s / 1e9, "GFLOP/s", "LM matmuls only")
-    weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
-    res.figures["lm_weight_bytes"] = weight_bytes
+
+    _, state = lm(inputs_embeds=embeds, logits_to_keep=1)
+    token = torch.tensor([7], device=dev)
+    copy = copy_case(dev)
+    decode_fns = {"ours": lambda: lm.step(token, state), "copy": copy.call}
     if args.peer:
         peer = __import__("cobra_app.bench.peer", fromlist=["transformers_peer"]).transformers_peer(lm)
         peer_prefill_s = median_seconds(lambda: peer(inputs_embeds=embeds, logits_to_keep=1), max(1, args.repeats // 2), 0)
         res.add("peer_prefill_tok_s", args.prefill_tokens / peer_prefill_s, "tok/s", "transformers MambaForCausalLM")
         cache = peer(inputs_embeds=embeds[:, :8], use_cache=True).cache
-        peer_decode_s = median_seconds(lambda: peer(token[:, None], cache=cache, use_cache=True), args.decode_steps)
-        res.add("peer_decode_tok_s", 1 / peer_decode_s, "tok/s", "transformers MambaForCausalLM")
-        del peer
+        decode_fns["peer"] = lambda: peer(token[:, None], cache=cache, use_cache=True)
+    decode = interleaved_seconds(decode_fns, args.rounds, args.decode_steps)
+    copy_gbs = [copy.rate(t) for t in decode["copy"]]
+    ours_ms = [t * 1e3 for t in decode["ours"]]
+    res.add("copy_gbs", statistics.median(copy_gbs), "GB/s",
+            f"ceiling, read + write, timed between decode steps ({spread(copy_gbs, 'GB/s')})")
+    res.add("decode_tok_s", 1e3 / statistics.median(ours_ms), "tok/s",
+            f"{statistics.median(ours_ms):.0f} ms per token ({spread(ours_ms, 'ms')})")
+    if args.peer:
+        peer_ms = [t * 1e3 for t in decode["peer"]]
+        res.add("peer_decode_tok_s", 1e3 / statistics.median(peer_ms), "tok/s",
+                f"transformers MambaForCausalLM ({spread(peer_ms, 'ms')})")
+        del peer, cache, decode_fns
+    res.add("state_bytes", state.nbytes, "B", "per conversation, any length")
+    res.figures["lm_weight_bytes"] = sum(p.numel() * p.element_size() for p in lm.parameters())
+
+
+def spread(per_round: list[float], unit: str) -> str:
+    """'rounds LO-HI unit': the range of a figure over the rounds of an interleaved measurement."""
+    return f"rounds {min(per_round):.0f}-{max(per_round):.0f} {unit}"
 
 
 @torch.no_grad()
@@ -124,14 +151,16 @@ def measure_turns(cobra: Cobra, args: argparse.Namespace, res: Results) -> None:
 
 @torch.no_grad()
 def measure_batched_decode(cobra: Cobra, args: argparse.Namespace, res: Results) -> None:
-    """Aggregate decode tokens/s with 1, 2, 4, 8 conversations stepped together (their states stacked)."""
+    """Aggregate decode tokens/s with 1, 2, 4, 8 conversations stepped together (their states stacked), the batch
+    sizes timed in turns."""
     lm = cobra.vlm.llm
     _, state = lm(random_ids(16, cobra.vocab_size, 1).to(cobra.device))
+    steps = {}
     for batch in args.batch_sizes:
-        stacked = MambaState.stack([state] * batch)
-        tokens = torch.full((batch,), 7, device=cobra.device)
-        seconds = median_seconds(lambda: lm.step(tokens, stacked), args.decode_steps)
-        res.add(f"batched_decode_{batch}_tok_s", batch / seconds, "tok/s", f"{batch} sessions")
+        stacked, tokens = MambaState.stack([state] * batch), torch.full((batch,), 7, device=cobra.device)
+        steps[str(batch)] = partial(lm.step, tokens, stacked)
+    for batch, seconds in interleaved_seconds(steps, args.rounds, args.decode_steps).items():
+        res.add(f"batched_decode_{batch}_tok_s", int(batch) / statistics.median(seconds), "tok/s", f"{batch} sessions")
 
 
 def add_ratios(res: Results) -> dict[str, tuple[float, str]]:
@@ -193,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
     parser.add_argument("--prefill-tokens", type=int, default=760)
-    parser.add_argument("--decode-steps", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--decode-steps", type=int, default=4, help="timed decode steps per round and function")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of the interleaved decode measurements")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls of image encoding and prefill")
     parser.add_argument("--turns", type=int, default=16)
     parser.add_argument("--reply-tokens", type=int, default=16)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -204,10 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     res = Results()
     cobra = build_model(args.model, args.device, args.dtype)
-    dtype = cobra.vlm.dtype
-    res.add("matmul_gflops_model_dtype", matmul_gflops(dtype, args.device), "GFLOP/s", f"ceiling, {dtype}")
     res.add("matmul_gflops_fp32", matmul_gflops(torch.float32, args.device), "GFLOP/s", "ceiling, fp32")
-    res.add("copy_gbs", copy_bandwidth_gbs(args.device), "GB/s", "ceiling, read + write")
     measure_model(cobra, args, res)
     if args.turns_bench:
         measure_turns(cobra, args, res)

@@ -1,0 +1,21 @@
+"""Timing in turns: figures that are compared see the same machine, round by round."""
+
+import torch
+
+from cobra_app.bench.ceilings import copy_case, interleaved_seconds, matmul_case
+
+
+def test_functions_are_timed_in_turns_and_each_gets_one_median_per_round():
+    calls = []
+    fns = {"ours": lambda: calls.append("ours"), "peer": lambda: calls.append("peer")}
+    rounds = interleaved_seconds(fns, rounds=3, per_round=2, warmup=1)
+    assert calls == ["ours", "peer"] + ["ours", "ours", "peer", "peer"] * 3
+    assert {name: len(seconds) for name, seconds in rounds.items()} == {"ours": 3, "peer": 3}
+    assert all(s >= 0 for seconds in rounds.values() for s in seconds)
+
+
+def test_ceiling_cases_count_their_work():
+    assert matmul_case(torch.float32, m=3, k=4, n=5).work == 2 * 3 * 4 * 5
+    copy = copy_case(nbytes=1000)
+    copy.call()
+    assert copy.work == 2000 and copy.rate(1e-6) == 2000 / 1e-6 / 1e9
