@@ -36,17 +36,19 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
 
 
 def interleaved_seconds(
-    fns: dict[str, Callable[[], object]], rounds: int, per_round: int = 1, warmup: int = 1
+    fns: dict[str, Callable[[], object]], rounds: int, per_round: int | dict[str, int] = 1, warmup: int = 1
 ) -> dict[str, list[float]]:
     """Each function's median wall time per round, the functions timed in turns (round r times every function
-    `per_round` times before round r + 1 starts), so that figures to be compared see the same machine: on a shared
-    host the memory bandwidth drifts by a third within minutes. Returns name -> [median seconds of round r]."""
+    `per_round` times, or `per_round[name]`, before round r + 1 starts), so that figures to be compared see the same
+    machine: on a shared host the memory bandwidth drifts by a third within minutes.
+    Returns name -> [median seconds of round r]."""
     for fn in fns.values():
         seconds_per_call(fn, warmup)
     per_round_medians: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            per_round_medians[name].append(statistics.median(seconds_per_call(fn, per_round)))
+            calls = per_round if isinstance(per_round, int) else per_round[name]
+            per_round_medians[name].append(statistics.median(seconds_per_call(fn, calls)))
     return per_round_medians
 
 

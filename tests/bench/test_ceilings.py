@@ -14,6 +14,13 @@ def test_functions_are_timed_in_turns_and_each_gets_one_median_per_round():
     assert all(s >= 0 for seconds in rounds.values() for s in seconds)
 
 
+def test_each_function_can_have_its_own_number_of_calls_per_round():
+    calls = []
+    fns = {"slow": lambda: calls.append("slow"), "quick": lambda: calls.append("quick")}
+    interleaved_seconds(fns, rounds=2, per_round={"slow": 1, "quick": 3}, warmup=0)
+    assert calls == ["slow", "quick", "quick", "quick"] * 2
+
+
 def test_ceiling_cases_count_their_work():
     assert matmul_case(torch.float32, m=3, k=4, n=5).work == 2 * 3 * 4 * 5
     copy = copy_case(nbytes=1000)

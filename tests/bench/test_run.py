@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from cobra_app.bench.run import main
 from cobra_app.loading import save_model_dir
 from tests.helpers import make_tiny_vlm
@@ -19,7 +21,11 @@ def test_benchmark_reports_figures_ratios_and_plot(tmp_path, capsys):
         assert report["figures"][key] > 0, key
     assert set(report["ratios"]) == {
         "decode / bandwidth floor", "prefill / bf16 matmul ceiling", "decode vs transformers", "prefill vs transformers",
-        "TTFT last turn / turn 2", "release / sessions TTFT at turn 8", "batched decode 4 / 1"}
+        "TTFT last turn / turn 2", "release / sessions TTFT at turn 8", "batched decode 4 / 1",
+        "transformers' decode / bandwidth floor"}
+    ratios = {name: ratio["value"] for name, ratio in report["ratios"].items()}
+    assert ratios["decode vs transformers"] == pytest.approx(
+        ratios["decode / bandwidth floor"] / ratios["transformers' decode / bandwidth floor"])
     assert len(report["per_turn"]["sessions_ttft_s"]) == 8 and report["per_turn"]["release_ttft_s"][7] > 0
     assert (out / "ttft_per_turn.png").stat().st_size > 1000
     assert "decode vs transformers" in capsys.readouterr().out
