@@ -13,8 +13,9 @@ def test_benchmark_reports_figures_ratios_and_plot(tmp_path, capsys):
     vlm, tokenizer = make_tiny_vlm()
     model = save_model_dir(vlm, tokenizer, tmp_path / "tiny")
     out = tmp_path / "bench"
-    assert main(["--model", str(model), "--prefill-tokens", "40", "--decode-steps", "2", "--rounds", "2", "--repeats", "1",
-                 "--turns", "8", "--reply-tokens", "3", "--batch-sizes", "1", "4", "--out", str(out)]) == 0
+    assert main(["--model", str(model), "--prefill-tokens", "40", "--decode-steps", "2", "--rounds", "2",
+                 "--repeats", "1", "--turns", "8", "--reply-tokens", "3", "--batch-sizes", "1", "4",
+                 "--out", str(out)]) == 0
     report = json.loads((out / "bench.json").read_text())
     for key in ("matmul_gflops_model_dtype", "copy_gbs", "image_encode_s", "prefill_tok_s", "decode_tok_s",
                 "peer_prefill_tok_s", "peer_decode_tok_s", "state_bytes", "batched_decode_4_tok_s", "peak_rss_gb"):

@@ -181,8 +181,8 @@ Series<T> series(const at::Tensor& x) {
   return {x.data_ptr<T>(), x.stride(0), x.stride(1), x.stride(2)};
 }
 
-// x [..., N] -> contiguous fp32 [..., NP] with zero padding. Without padding to do (N = NP = 16, Mamba's size) only
-// what conversion is needed: the kernels only read it, so fp32 A [D, 16] is used as it is, not copied every step.
+// x [..., N] -> contiguous fp32 [..., NP] with zero padding. Where N already is NP (Mamba's N = 16) only the
+// conversion that is needed: the kernels only read it, so fp32 A [D, 16] is used as it is, not copied every step.
 at::Tensor pad_last(const at::Tensor& x, int64_t NP) {
   if (x.size(-1) == NP) return x.to(at::kFloat).contiguous();
   std::vector<int64_t> sizes = x.sizes().vec();
