@@ -1,6 +1,6 @@
 """Cobra Chat, the web app: `python app.py [--model cobra+3b] [--device auto] [--port 7860] ...` (`--help` for all).
 
-Every flag also reads an environment variable (COBRA_MODEL, COBRA_DEVICE, ...; see cobra_app/ui/config.py). This file
+Every flag also reads an environment variable (COBRA_MODEL, COBRA_DEVICE, ...; see cobra_app/serving/config.py). This file
 only wires the parts together: the model (with the offline fallback), the session manager, the handlers, the page.
 It is also the Hugging Face Space's entry point (`app_file: app.py`).
 """
@@ -17,12 +17,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; the
 def build(cfg):
     """(gr.Blocks, ModelChoice) for an AppConfig."""
     from cobra_app.sessions import SessionManager
-    from cobra_app.ui.config import EXAMPLES_DIR
+    from cobra_app.paths import EXAMPLES_DIR
     from cobra_app.ui.examples import load_examples
     from cobra_app.ui.handlers import ChatHandlers, ParamLimits, model_info_markdown
     from cobra_app.ui.images import ImageLimits
     from cobra_app.ui.layout import GradioNotifier, build_demo
-    from cobra_app.ui.model_choice import choose_model
+    from cobra_app.serving.model_choice import choose_model
 
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype)
     manager = SessionManager(choice.cobra, memory_budget_bytes=cfg.memory_budget, idle_timeout_s=cfg.idle_timeout)
@@ -38,9 +38,9 @@ def build(cfg):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cobra_app.loading import ModelUnavailableError
-    from cobra_app.ui.config import parse_config
+    from cobra_app.serving.config import parse_config
     from cobra_app.ui.layout import CSS, THEME
-    from cobra_app.ui.malloc import limit_malloc_arenas
+    from cobra_app.serving.malloc import limit_malloc_arenas
 
     cfg = parse_config(argv)
     limit_malloc_arenas()  # before the server's worker threads exist

@@ -35,7 +35,7 @@ from cobra_app.bench.app_process import running_app
 from cobra_app.demo.conversations import ask
 from cobra_app.demo.evaluate import normalise
 from cobra_app.demo.scenes import Scene, render, sample_scene
-from cobra_app.ui.config import parse_bytes
+from cobra_app.serving.config import parse_bytes
 from cobra_app.ui.handlers import message_text
 
 QUESTION_KINDS = ("exist", "colour", "shape", "count", "spatial")
@@ -262,9 +262,9 @@ def replay_alone(model: str, report: LoadReport, workdir: Path, max_new_tokens: 
     are not replayed."""
     from cobra_app.generation import SamplingParams
     from cobra_app.sessions import SessionManager
-    from cobra_app.ui.config import parse_config
+    from cobra_app.serving.config import parse_config
     from cobra_app.ui.images import open_image
-    from cobra_app.ui.model_choice import choose_model
+    from cobra_app.serving.model_choice import choose_model
 
     cfg = parse_config(["--model", model])
     manager = SessionManager(choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype).cobra)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from cobra_app.paths import DEMO_MODEL_DIR
+
 DEFAULT_MODEL = "cobra+3b"
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
 
 COMMANDS_HELP = """\
 Commands: /image PATH (new conversation about that image; /image none: text only), /regen, /undo, /reset,
@@ -66,32 +67,27 @@ def _sampling(args, parser):
 
 
 def _load_model(args):
-    """The Cobra to chat with, or None (reasons printed to stderr)."""
-    from cobra_app import pipeline
+    """The Cobra to chat with, or None (reasons printed to stderr). The app's rule (`serving.model_choice`): without
+    --model the released model, or the offline demo model with a notice when it can't be fetched; an explicit --model
+    is never silently replaced."""
     from cobra_app.loading import ModelUnavailableError
+    from cobra_app.serving.model_choice import choose_model
 
     source = args.model or DEFAULT_MODEL
+    fallback = None if args.model else str(DEMO_MODEL_DIR)
     try:
-        return pipeline.load(source, args.device, args.dtype)
+        choice = choose_model(source, fallback, device=args.device, dtype=args.dtype)
     except ModelUnavailableError as exc:
-        if args.model is not None:
-            print(f"error: model {source!r} is unavailable: {exc}", file=sys.stderr)
-            return None
-        print(f"Notice: the released model {DEFAULT_MODEL!r} could not be fetched ({exc}).\n"
-              f"Notice: falling back to the offline demo model in {DEMO_MODEL_DIR} (a small model trained on "
+        print(f"error: model {source!r} is unavailable: {exc}", file=sys.stderr)
+        return None
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"error: cannot load model {source!r}: {exc}", file=sys.stderr)
+        return None
+    if choice.is_fallback:
+        print(f"Notice: the released model {source!r} could not be fetched ({choice.fallback_reason}).\n"
+              f"Notice: falling back to the offline demo model in {choice.source} (a small model trained on "
               "synthetic scenes, not Cobra).", file=sys.stderr)
-        if not DEMO_MODEL_DIR.is_dir():
-            print(f"error: the demo model directory {DEMO_MODEL_DIR} does not exist either.", file=sys.stderr)
-            return None
-        source = DEMO_MODEL_DIR
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"error: cannot load model {source!r}: {exc}", file=sys.stderr)
-        return None
-    try:
-        return pipeline.load(source, args.device, args.dtype)
-    except (ValueError, OSError, RuntimeError) as exc:
-        print(f"error: cannot load model {source!r}: {exc}", file=sys.stderr)
-        return None
+    return choice.cobra
 
 
 def _open_image(path: Path) -> Image.Image:

@@ -106,7 +106,7 @@ def test_default_model_falls_back_to_the_demo_model_with_a_notice(monkeypatch, c
 
     monkeypatch.setattr(chat, "DEMO_MODEL_DIR", model_dir / "missing")
     code, _, err = run_chat(monkeypatch, capsys, [], ["Hello"])
-    assert code == 1 and "does not exist" in err
+    assert code == 1 and "is missing too" in err
     code, _, err = run_chat(monkeypatch, capsys, ["--model", "cobra+3b"], ["Hello"])
     assert code == 1 and "unavailable" in err  # an explicit model is not silently replaced
 

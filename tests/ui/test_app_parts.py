@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from cobra_app.loading import ModelUnavailableError
-from cobra_app.ui.config import AppConfig, parse_bytes, parse_config
+from cobra_app.serving.config import AppConfig, parse_bytes, parse_config
 from cobra_app.ui.examples import Suggestions, load_examples
 from cobra_app.ui.images import ImageLimits, ImageRejected, open_image
-from cobra_app.ui.model_choice import choose_model
+from cobra_app.serving.model_choice import choose_model
 from cobra_app.ui.probe_suite import SuiteUploadError, run_uploaded_suite, stage_suite
 from tests.ui.support import EXAMPLES
 
@@ -52,7 +52,7 @@ def test_bad_settings_exit_with_a_message(capsys):
 # --- process --------------------------------------------------------------------------------------------------------
 ARENA_PROBE = """
 import ctypes, sys, threading
-from cobra_app.ui.malloc import limit_malloc_arenas
+from cobra_app.serving.malloc import limit_malloc_arenas
 if sys.argv[1] == "cap":
     assert limit_malloc_arenas()
 barrier = threading.Barrier(8)
@@ -81,7 +81,7 @@ def test_the_app_caps_malloc_arenas_so_worker_threads_share_freed_memory():
 
 def test_the_app_caps_the_arenas_before_it_builds_anything(monkeypatch, tmp_path):
     import app
-    import cobra_app.ui.malloc
+    import cobra_app.serving.malloc
 
     calls = []
 
@@ -89,7 +89,7 @@ def test_the_app_caps_the_arenas_before_it_builds_anything(monkeypatch, tmp_path
         calls.append("build")
         raise ModelUnavailableError("no model here")
 
-    monkeypatch.setattr(cobra_app.ui.malloc, "limit_malloc_arenas", lambda: calls.append("cap"))
+    monkeypatch.setattr(cobra_app.serving.malloc, "limit_malloc_arenas", lambda: calls.append("cap"))
     monkeypatch.setattr(app, "build", build)
     assert app.main(["--model", str(tmp_path / "missing")]) == 1
     assert calls == ["cap", "build"]

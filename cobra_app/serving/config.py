@@ -13,10 +13,8 @@ import argparse
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from pathlib import Path
 
-DEMO_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo-model"
-EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+from cobra_app.paths import DEMO_MODEL_DIR
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
