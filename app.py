@@ -19,9 +19,11 @@ def build(cfg):
     from cobra_app.sessions import SessionManager
     from cobra_app.paths import EXAMPLES_DIR
     from cobra_app.ui.examples import load_examples
-    from cobra_app.ui.handlers import ChatHandlers, ParamLimits, model_info_markdown
+    from cobra_app.ui.chat_view import model_info_markdown
+    from cobra_app.ui.handlers import ChatHandlers
     from cobra_app.ui.images import ImageLimits
     from cobra_app.ui.layout import GradioNotifier, build_demo
+    from cobra_app.ui.params import ParamLimits
     from cobra_app.serving.model_choice import choose_model
 
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype)
@@ -29,8 +31,8 @@ def build(cfg):
     handlers = ChatHandlers(manager, image_limits=ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels),
                             param_limits=ParamLimits(max_new_tokens=cfg.max_new_tokens), notifier=GradioNotifier())
     demo = build_demo(handlers, model_info_md=model_info_markdown(choice.cobra.info(), cfg.model),
-                      banner_md=choice.banner(), examples=load_examples(EXAMPLES_DIR), cobra=choice.cobra,
-                      concurrency=cfg.concurrency, max_new_tokens=cfg.max_new_tokens)
+                      banner_md=choice.banner(), examples=load_examples(EXAMPLES_DIR), concurrency=cfg.concurrency,
+                      max_new_tokens=cfg.max_new_tokens)
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
     return demo, choice
 

@@ -36,7 +36,7 @@ from cobra_app.demo.conversations import ask
 from cobra_app.demo.evaluate import normalise
 from cobra_app.demo.scenes import Scene, render, sample_scene
 from cobra_app.serving.config import parse_bytes
-from cobra_app.ui.handlers import message_text
+from cobra_app.ui.chat_view import message_text
 
 QUESTION_KINDS = ("exist", "colour", "shape", "count", "spatial")
 GREEDY = (16, 1.0, 1.0, 0, 1.0, True)  # /chat: max new tokens, temperature, top-p, top-k, repetition penalty, greedy

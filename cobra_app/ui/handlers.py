@@ -2,34 +2,45 @@
 
 The conversation itself lives in the `SessionManager` (the source of truth); each browser tab (and each API client)
 holds only its session id, in a `gr.State` on the server. The chat shown is re-rendered from the manager's history
-after every action, plus the speed line of each reply, kept here per session.
+after every action (`chat_view`), plus the speed line of each reply, kept here per session.
 
 Errors never escape as tracebacks: every failure becomes a notice in plain words (`Notifier.warning`), and the
 outputs are left as they were, so nothing typed is lost (a message whose reply failed goes back into the textbox).
-
-Chat values follow Gradio's messages format: [{"role": "user" | "assistant", "content": str, "metadata": {...}}].
+Refusals (`REFUSALS`: their `.user_message` is the notice) and unexpected errors become notices in one place,
+`ChatHandlers.attempt`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cobra_app.generation import SamplingParams
-from cobra_app.sessions import ReplyStats, SessionError, SessionManager, SessionNotFound
+from cobra_app.sessions import SessionError, SessionManager, SessionNotFound
+from cobra_app.ui.chat_view import Message, format_speed, message_text, render_chat, user_turn_index
 from cobra_app.ui.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, open_image
+from cobra_app.ui.params import (
+    DEFAULT_PARAM_LIMITS,
+    DEFAULT_PARAMS,
+    BadParams,
+    ParamLimits,
+    ParamValues,
+    make_params,
+    number,
+)
+from cobra_app.ui.probe_suite import SuiteResult, SuiteUploadError, run_uploaded_suite
 
 log = logging.getLogger(__name__)
 
-Message = dict
-SPEED_CLASS = "speed-line"  # metadata title prefix marks the speed line under a reply
-EMPTY_REPLY = "(no answer: the reply was stopped before its first word)"
+T = TypeVar("T")
 MAX_TRACKED_SESSIONS = 100_000
+REFUSALS = (SessionError, BadParams, ImageRejected, SuiteUploadError)  # their `.user_message` is the notice
 
 
 class Notifier:
@@ -40,77 +51,6 @@ class Notifier:
 
     def info(self, message: str) -> None:
         log.info("notice: %s", message)
-
-
-class RecordingNotifier(Notifier):
-    def __init__(self):
-        self.warnings: list[str] = []
-        self.infos: list[str] = []
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
-
-    def info(self, message: str) -> None:
-        self.infos.append(message)
-
-
-# --- formatting -----------------------------------------------------------------------------------------------------
-def format_bytes(n: int) -> str:
-    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= size:
-            value = n / size
-            return f"{value:.1f} {unit}" if value < 100 else f"{value:.0f} {unit}"
-    return f"{n} B"
-
-
-def format_count(n: int) -> str:
-    for unit, size in (("B", 10**9), ("M", 10**6), ("k", 10**3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
-
-
-FINISH_NOTES = {"length": "stopped at the max new tokens limit", "stopped": "stopped", "context": "context full",
-                "error": "failed"}
-
-
-def format_speed(stats: ReplyStats) -> str:
-    """One line: time to first token, tokens/s, what this turn read, tokens in context, the (constant) state size."""
-    parts = [f"⚡ {stats.ttft_s:.2f} s to first token"]
-    if stats.new_tokens > 1:
-        parts.append(f"{stats.tokens_per_s:.1f} tokens/s")
-    parts.append(f"{stats.new_tokens} new tokens")
-    read = f"read {stats.prefill_tokens} new prompt tokens" if stats.prefill_tokens else "no prompt re-read"
-    if stats.rebuilt_tokens:
-        read += f" (+{stats.rebuilt_tokens} rebuilt)"
-    parts.append(read)
-    parts.append(f"{stats.context_tokens} tokens in context")
-    parts.append(f"state {format_bytes(stats.state_bytes)} (constant)")
-    if stats.finish_reason in FINISH_NOTES:
-        parts.append(FINISH_NOTES[stats.finish_reason])
-    return " · ".join(parts)
-
-
-def speed_message(line: str) -> Message:
-    return {"role": "assistant", "content": "", "metadata": {"title": line, "status": "done"}}
-
-
-def render_chat(history: list[tuple[str, str | None]], speeds: list[str | None] | None = None,
-                partial: str | None = None) -> list[Message]:
-    """The manager's history -> chat messages. A reply of None (in flight) shows `partial`; each finished reply is
-    followed by its speed line when known."""
-    speeds = speeds or []
-    messages: list[Message] = []
-    for i, (user, reply) in enumerate(history):
-        messages.append({"role": "user", "content": user})
-        if reply is None:
-            if partial is not None:
-                messages.append({"role": "assistant", "content": partial})
-            continue
-        messages.append({"role": "assistant", "content": reply if reply.strip() else EMPTY_REPLY})
-        if i < len(speeds) and speeds[i]:
-            messages.append(speed_message(speeds[i]))
-    return messages
 
 
 def image_path(value) -> str | None:
@@ -134,96 +74,6 @@ def clean_text(text) -> str:
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
-def user_turn_index(messages: list[Message], message_index: int) -> int | None:
-    """Position in the chat -> the 0-based turn of that user message (None if it is not a user message)."""
-    if not 0 <= message_index < len(messages) or messages[message_index].get("role") != "user":
-        return None
-    return sum(1 for m in messages[:message_index] if m.get("role") == "user")
-
-
-def message_text(content) -> str:
-    """Text of a chat message's content in any of Gradio's shapes (str, [{"type": "text", "text": ...}], dict)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, dict):
-        return str(content.get("text") or content.get("value") or "")
-    if isinstance(content, (list, tuple)):
-        return "".join(message_text(part) for part in content)
-    return str(content)
-
-
-def model_info_markdown(info: dict, requested: str | None = None) -> str:
-    rows = [("Model", f"`{info['model_id']}`"), ("Loaded from", f"`{info['source']}`"),
-            ("Device", f"`{info['device']}`"), ("Weights dtype", f"`{info['dtype']}`"),
-            ("Parameters", f"{format_count(int(info['parameters']))} ({int(info['parameters']):,})"),
-            ("Mamba ops", f"`{info['ops']}`"),
-            ("Conversation state", f"{format_bytes(int(info['state_bytes']))}, whatever the conversation's length")]
-    if requested and requested != info["source"]:
-        rows.insert(1, ("Requested", f"`{requested}` (unavailable)"))
-    return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-
-
-# --- parameters -----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ParamLimits:
-    max_new_tokens: int = 512
-    temperature: tuple[float, float] = (0.01, 5.0)
-    top_p: tuple[float, float] = (0.01, 1.0)
-    top_k: tuple[int, int] = (0, 1000)
-    repetition_penalty: tuple[float, float] = (0.5, 3.0)
-
-
-DEFAULT_PARAM_LIMITS = ParamLimits()
-
-
-class BadParams(ValueError):
-    def __init__(self, user_message: str):
-        self.user_message = user_message
-        super().__init__(user_message)
-
-
-def _number(name: str, value, integer: bool = False) -> float:
-    if isinstance(value, bool) or value is None or value == "":
-        raise BadParams(f"{name} must be a number.")
-    try:
-        number = float(value)
-    except OverflowError:  # an integer too large for a float (an API client can send 10**400)
-        raise BadParams(f"{name} must be a finite number.") from None
-    except (TypeError, ValueError):
-        raise BadParams(f"{name} must be a number, not {str(value)[:20]!r}.") from None
-    if not math.isfinite(number):
-        raise BadParams(f"{name} must be a finite number.")
-    return float(round(number)) if integer else number
-
-
-def make_params(max_new_tokens, temperature, top_p, top_k, repetition_penalty, greedy,
-                limits: ParamLimits = DEFAULT_PARAM_LIMITS) -> tuple[SamplingParams, list[str]]:
-    """UI/API values -> (SamplingParams, notes on values clamped into range). Non-numbers raise BadParams."""
-    notes: list[str] = []
-
-    def clamp(label: str, value: float, lo: float, hi: float) -> float:
-        if value < lo or value > hi:
-            fixed = min(max(value, lo), hi)
-            notes.append(f"{label} {value:g} is out of range; using {fixed:g}.")
-            return fixed
-        return value
-
-    new_tokens = int(clamp("Max new tokens", _number("Max new tokens", max_new_tokens, True), 1, limits.max_new_tokens))
-    params = SamplingParams(
-        max_new_tokens=new_tokens,
-        greedy=bool(greedy) if not isinstance(greedy, str) else greedy.strip().lower() in ("1", "true", "yes", "on"),
-        temperature=clamp("Temperature", _number("Temperature", temperature), *limits.temperature),
-        top_p=clamp("Top-p", _number("Top-p", top_p), *limits.top_p),
-        top_k=int(clamp("Top-k", _number("Top-k", top_k, True), *limits.top_k)),
-        repetition_penalty=clamp("Repetition penalty", _number("Repetition penalty", repetition_penalty),
-                                 *limits.repetition_penalty),
-    )
-    return params, notes
-
-
-# --- the handlers ---------------------------------------------------------------------------------------------------
 @dataclass
 class _TabData:
     speeds: list[str | None] = field(default_factory=list)
@@ -245,6 +95,21 @@ class ChatHandlers:
         self._tabs: OrderedDict[str, _TabData] = OrderedDict()
         self._by_browser: OrderedDict[str, str] = OrderedDict()  # Gradio session hash -> sid, closed on page unload
         self._lock = threading.Lock()
+
+    def attempt(self, action: Callable[[], T], failure: str | None = None) -> T | None:
+        """`action()`, or None after a notice: a refusal's own words, or `failure` for any other error (logged with
+        its traceback, never shown). Without `failure` other errors propagate. An action returns None itself only
+        when it has refused and said so already."""
+        try:
+            return action()
+        except REFUSALS as exc:
+            self.notify.warning(exc.user_message)
+        except Exception:
+            if failure is None:
+                raise
+            log.exception("%s", failure)
+            self.notify.warning(failure)
+        return None
 
     # --- session bookkeeping ------------------------------------------------------------------------------------------
     def _tab(self, sid: str) -> _TabData:
@@ -362,42 +227,27 @@ class ChatHandlers:
         tab = self._tab(sid)
         previous = tab.image_file[0] if tab.image_file else None
         had_chat = bool(self.manager.history(sid))
-        try:
-            if not self._apply_image(sid, image_path, interrupt=True, from_input=True):
-                return sid, self._chat(sid), previous
-        except SessionError as exc:
-            self.notify.warning(exc.user_message)
-            return sid, self._chat(sid), previous
-        except Exception:
-            log.exception("set_image failed")
-            self.notify.warning("Cobra could not process this image. Please try another one.")
+        accepted = self.attempt(lambda: self._apply_image(sid, image_path, interrupt=True, from_input=True),
+                                failure="Cobra could not process this image. Please try another one.")
+        if not accepted:
             return sid, self._chat(sid), previous
         if had_chat and not self.manager.history(sid):
             self.notify.info("New image: a new conversation has started.")
         return sid, self._chat(sid), image_path
 
     # --- replies ----------------------------------------------------------------------------------------------------
-    def _params(self, values) -> SamplingParams | None:
-        try:
-            params, notes = make_params(*values, limits=self.param_limits)
-        except BadParams as exc:
-            self.notify.warning(exc.user_message)
-            return None
+    def _sampling(self, values: ParamValues) -> SamplingParams:
+        """Checked parameters (BadParams refuses); values clamped into range are told as info notes."""
+        params, notes = make_params(values, limits=self.param_limits)
         for note in notes:
             self.notify.info(note)
         return params
 
     def _stream(self, sid: str, start, restore: str) -> Iterator[tuple[str, list[Message], str]]:
-        """Run `start()` -> Reply and stream it. Yields (sid, chat, textbox). On failure the textbox gets `restore`."""
-        try:
-            reply = start()
-        except SessionError as exc:
-            self.notify.warning(exc.user_message)
-            yield sid, self._chat(sid), restore
-            return
-        except Exception:
-            log.exception("starting a reply failed")
-            self.notify.warning("Cobra failed to start a reply (a model error). Please try again.")
+        """Run `start()` -> Reply (None: refused, already told) and stream it. Yields (sid, chat, textbox). On failure
+        the textbox gets `restore`."""
+        reply = self.attempt(start, failure="Cobra failed to start a reply (a model error). Please try again.")
+        if reply is None:
             yield sid, self._chat(sid), restore
             return
         speeds = self._speeds(sid)
@@ -426,7 +276,7 @@ class ChatHandlers:
                                     "undo some messages) to continue.")
         yield sid, self._chat(sid), ""
 
-    def send(self, image_path: str | None, message: str, sid: str | None, *param_values,
+    def send(self, image_path: str | None, message: str, sid: str | None, params: ParamValues = DEFAULT_PARAMS,
              browser_id: str | None = None) -> Iterator[tuple[str, list[Message], str]]:
         """Send a message about the image. Yields (sid, chat, textbox) as the reply streams in."""
         sid = self.ensure(sid, browser_id)
@@ -441,31 +291,21 @@ class ChatHandlers:
                                 "example.")
             yield sid, self._chat(sid), message
             return
-        params = self._params(param_values)
-        if params is None:
-            yield sid, self._chat(sid), message
-            return
-        try:
-            if not self._apply_image(sid, image_path):
-                yield sid, self._chat(sid), message
-                return
-        except SessionError as exc:
-            self.notify.warning(exc.user_message)
-            yield sid, self._chat(sid), message
-            return
-        yield from self._stream(sid, lambda: self.manager.send(sid, text, params), message)
 
-    def regenerate(self, sid: str | None, *param_values, browser_id: str | None = None):
+        def start():
+            sampling = self._sampling(params)
+            return self.manager.send(sid, text, sampling) if self._apply_image(sid, image_path) else None
+
+        yield from self._stream(sid, start, message)
+
+    def regenerate(self, sid: str | None, params: ParamValues = DEFAULT_PARAMS, browser_id: str | None = None):
         """A new reply to the last message. Yields (sid, chat)."""
         sid = self.ensure(sid, browser_id)
-        params = self._params(param_values)
-        if params is None:
-            yield sid, self._chat(sid)
-            return
-        for _, chat, _ in self._stream(sid, lambda: self.manager.regenerate(sid, params), ""):
+        for _, chat, _ in self._stream(sid, lambda: self.manager.regenerate(sid, self._sampling(params)), ""):
             yield sid, chat
 
-    def edit(self, message_index: int, new_text, sid: str | None, *param_values, browser_id: str | None = None):
+    def edit(self, message_index: int, new_text, sid: str | None, params: ParamValues = DEFAULT_PARAMS,
+             browser_id: str | None = None):
         """A user message was edited in the chat (`message_index`: its position among the chat's messages)."""
         sid = self.ensure(sid, browser_id)
         turn = user_turn_index(self._chat(sid), message_index) if isinstance(message_index, int) else None
@@ -473,63 +313,60 @@ class ChatHandlers:
             self.notify.warning("Only your own messages can be edited.")
             yield sid, self._chat(sid)
             return
-        yield from self.edit_turn(turn, new_text, sid, *param_values, browser_id=browser_id)
+        yield from self.edit_turn(turn, new_text, sid, params, browser_id=browser_id)
 
-    def edit_turn(self, turn, new_text, sid: str | None, *param_values, browser_id: str | None = None):
+    def edit_turn(self, turn, new_text, sid: str | None, params: ParamValues = DEFAULT_PARAMS,
+                  browser_id: str | None = None):
         """Replace user message `turn` (0-based), drop what followed it and reply anew. Yields (sid, chat)."""
         sid = self.ensure(sid, browser_id)
         new_text = clean_text(message_text(new_text))
-        try:
-            turn = int(_number("The message number", turn, integer=True))
-        except BadParams as exc:
-            self.notify.warning(exc.user_message)
+        turn = self.attempt(lambda: int(number("The message number", turn, integer=True)))
+        if turn is None:
             yield sid, self._chat(sid)
             return
         if not new_text.strip():
             self.notify.warning("An edited message cannot be empty. Use Undo to remove the last exchange.")
             yield sid, self._chat(sid)
             return
-        params = self._params(param_values)
-        if params is None:
-            yield sid, self._chat(sid)
-            return
-        for _, chat, _ in self._stream(sid, lambda: self.manager.edit(sid, turn, new_text, params), ""):
+        for _, chat, _ in self._stream(sid, lambda: self.manager.edit(sid, turn, new_text, self._sampling(params)),
+                                       ""):
             yield sid, chat
 
     def stop(self, sid: str | None) -> None:
-        if not sid:
-            return
-        try:
-            self.manager.stop(sid)
-        except SessionError:
-            pass
+        """End the reply in flight, if any (a session that has ended has nothing to stop)."""
+        if sid:
+            with contextlib.suppress(SessionError):
+                self.manager.stop(sid)
 
     def undo(self, sid: str | None, textbox: str | None = None, browser_id: str | None = None):
         """Remove the last exchange; its message goes back into the textbox when that is empty.
         Returns (sid, chat, textbox)."""
         sid = self.ensure(sid, browser_id)
         textbox = textbox or ""
-        try:
+
+        def undo_last() -> str:
             history = self.manager.history(sid)
-            self.manager.undo(sid)
-        except SessionError as exc:
-            self.notify.warning(exc.user_message)
-            return sid, self._chat(sid), textbox
-        if not textbox.strip() and history:
-            textbox = history[-1][0]
+            self.manager.undo(sid)  # NoSuchTurn when there is nothing to undo
+            return history[-1][0]
+
+        undone = self.attempt(undo_last)
+        if undone is not None and not textbox.strip():
+            textbox = undone
         return sid, self._chat(sid), textbox
 
     def clear(self, sid: str | None, browser_id: str | None = None):
         """Clear the conversation (the image stays). Returns (sid, chat)."""
         sid = self.ensure(sid, browser_id)
-        try:
+
+        def stop_and_reset() -> bool:
             self.manager.stop(sid)
             self.manager.reset(sid)
-        except SessionError as exc:
-            self.notify.warning(exc.user_message)
+            return True
+
+        self.attempt(stop_and_reset)
         return sid, self._chat(sid)
 
-    # --- probe ------------------------------------------------------------------------------------------------------
+    # --- probes -----------------------------------------------------------------------------------------------------
     def probe(self, image_path: str | None, question: str | None, sid: str | None, browser_id: str | None = None):
         """P(Yes)/P(No) for a question about the current image. Returns (sid, {"Yes": p, "No": q} or None, text)."""
         sid = self.ensure(sid, browser_id)
@@ -540,17 +377,19 @@ class ChatHandlers:
         if not image_path:
             self.notify.warning("Please add an image first: the probe asks about the current image.")
             return sid, None, ""
-        try:
-            if not self._apply_image(sid, image_path):
-                return sid, None, ""
-            probs = self.manager.score(sid, question, "yes-no")
-        except SessionError as exc:
-            self.notify.warning(exc.user_message)
-            return sid, None, ""
-        except Exception:
-            log.exception("probe failed")
-            self.notify.warning("Cobra failed to score this question (a model error). Please try again.")
+        probs = self.attempt(lambda: self.manager.score(sid, question, "yes-no")
+                             if self._apply_image(sid, image_path) else None,
+                             failure="Cobra failed to score this question (a model error). Please try again.")
+        if probs is None:
             return sid, None, ""
         probs = {k: float(v) for k, v in probs.items()}
         text = " · ".join(f"P({k}) = {v:.4f}" for k, v in probs.items())
         return sid, probs, text
+
+    def run_suite(self, files: Sequence[str | Path], out_root: Path, max_cases: int,
+                  progress: Callable[[int, int], None] | None = None) -> SuiteResult | None:
+        """Score an uploaded probe suite (the Probe suite tab); None after a notice when it cannot be scored."""
+        return self.attempt(lambda: run_uploaded_suite(self.manager.cobra, files, out_root,
+                                                       image_limits=self.image_limits, max_cases=max_cases,
+                                                       progress=progress),
+                            failure="The suite could not be scored (a model error). Please try again.")

@@ -5,15 +5,11 @@ a laptop)."""
 from __future__ import annotations
 
 import functools
-import os
 
 try:  # present on Hugging Face Spaces
     import spaces as _spaces
 except ImportError:  # pragma: no cover - depends on the machine
     _spaces = None
-
-ON_SPACES = bool(os.environ.get("SPACE_ID"))
-HAS_SPACES = _spaces is not None
 
 
 def gpu(fn=None, *, duration: int = 60):

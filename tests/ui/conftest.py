@@ -6,7 +6,7 @@ import pytest
 from cobra_app.loading import LoadedModel, save_model_dir
 from cobra_app.pipeline import Cobra
 from tests.helpers import make_tiny_vlm, sample_image
-from tests.ui.support import DEMO_MODEL
+from tests.ui.support import DEMO_MODEL, RecordingNotifier
 
 
 @pytest.fixture(scope="session")
@@ -44,8 +44,6 @@ MAX_BYTES, MAX_PIXELS = 2 * 10**6, 4 * 10**6  # the image caps of the handler te
 @pytest.fixture
 def notes():
     """Records the notices the handlers raise (instead of Gradio's toasts)."""
-    from cobra_app.ui.handlers import RecordingNotifier
-
     return RecordingNotifier()
 
 

@@ -16,6 +16,7 @@ from cobra_app.loading import ModelUnavailableError
 from cobra_app.serving.config import AppConfig, parse_bytes, parse_config
 from cobra_app.ui.examples import Suggestions, load_examples
 from cobra_app.ui.images import ImageLimits, ImageRejected, open_image
+from cobra_app.ui.params import ParamValues
 from cobra_app.serving.model_choice import choose_model
 from cobra_app.ui.probe_suite import SuiteUploadError, run_uploaded_suite, stage_suite
 from tests.ui.support import EXAMPLES
@@ -242,3 +243,11 @@ def test_app_wires_model_calls_into_a_shared_bounded_queue_and_names_the_api(tin
     for name in ("stop", "undo", "clear", "model_info"):  # never wait behind replies
         assert fns[name].concurrency_limit is None
     assert demo._queue.max_size == 10
+    endpoints = demo.get_api_info()["named_endpoints"]  # the parameter names API clients call them with (README)
+    names = {name: [p["parameter_name"] for p in endpoint["parameters"]] for name, endpoint in endpoints.items()}
+    sampling = ParamValues.names()
+    assert sampling == ["max_new_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "greedy"]
+    assert names["/chat"] == ["image", "message", *sampling] and names["/regenerate"] == sampling
+    assert names["/edit"] == ["turn", "message", *sampling] and names["/undo"] == ["message"]
+    assert names["/probe"] == ["image", "question"] and names["/set_image"] == ["image"]
+    assert names["/stop"] == names["/clear"] == names["/model_info"] == []

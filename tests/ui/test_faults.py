@@ -10,12 +10,13 @@ import pytest
 
 from cobra_app.model.mamba import MambaState
 from cobra_app.sessions import SessionManager
-from cobra_app.ui.handlers import ChatHandlers, RecordingNotifier
+from cobra_app.ui.handlers import ChatHandlers
+from cobra_app.ui.params import ParamValues
 from tests.helpers import sample_image
 from tests.sessions.support import full_recompute, state_rel_diff
-from tests.ui.support import last
+from tests.ui.support import RecordingNotifier, last
 
-GREEDY = (12, 1.0, 1.0, 0, 1.0, True)  # max new tokens, temperature, top-p, top-k, repetition penalty, greedy
+GREEDY = ParamValues(max_new_tokens=12)
 USERS = ("A", "B", "C")
 
 
@@ -52,7 +53,7 @@ def converse(ui: ChatHandlers, sids: dict, images: dict, messages: dict, results
     """Every user sends their message about their own image at the same time; results[user] = (chat, textbox)."""
 
     def run(user):
-        _, chat, box = last(ui.send(images[user], messages[user], sids[user], *GREEDY))
+        _, chat, box = last(ui.send(images[user], messages[user], sids[user], GREEDY))
         results[user] = (transcript(chat), box)
 
     threads = [threading.Thread(target=run, args=(u,)) for u in sids]
@@ -100,7 +101,7 @@ def test_a_model_error_in_one_session_leaves_the_others_unchanged(tiny_cobra, im
         patches = tiny_cobra.vlm.config.vision.num_patches
         lengths = {u: patches + len(ui.manager.token_ids(sid)) for u, sid in sids.items()}
         second = len(ui.manager.cobra.turns.user_turn_ids(SECOND, first=False))
-        assert lengths["A"] > max(lengths["B"], lengths["C"]) + second + GREEDY[0]
+        assert lengths["A"] > max(lengths["B"], lengths["C"]) + second + GREEDY.max_new_tokens
         image_bytes["n"] = ui.manager.stats()["bytes_in_use"]
 
         def forward(self, input_ids=None, **kwargs):
@@ -126,9 +127,9 @@ def test_a_model_error_in_one_session_leaves_the_others_unchanged(tiny_cobra, im
 
     monkeypatch.setattr(type(llm), "forward", real_forward)
     if where == "decode":  # the failed reply was kept (as far as it got): regenerate it
-        _, chat_a = last(ui.regenerate(sids["A"], *GREEDY))
+        _, chat_a = last(ui.regenerate(sids["A"], GREEDY))
     else:  # nothing was added: send the message again
-        _, chat_a, _ = last(ui.send(images["A"], SECOND, sids["A"], *GREEDY))
+        _, chat_a, _ = last(ui.send(images["A"], SECOND, sids["A"], GREEDY))
     assert (transcript(chat_a), "") == expected["A"]
 
     for sid in sids.values():
@@ -146,9 +147,9 @@ def test_a_model_error_in_one_session_leaves_the_others_unchanged(tiny_cobra, im
 def test_a_client_gone_mid_stream_loses_nothing_and_frees_its_reply(tiny_cobra, images, slow_steps):
     ui = handlers(tiny_cobra)
     sid, other = ui.open_tab(), ui.open_tab()
-    last(ui.send(images["B"], "Hello?", other, *GREEDY))
+    last(ui.send(images["B"], "Hello?", other, GREEDY))
     baseline_states = live_states()
-    stream = ui.send(images["A"], "Tell me a long story.", sid, 200, 1.0, 1.0, 0, 1.0, True)
+    stream = ui.send(images["A"], "Tell me a long story.", sid, ParamValues(max_new_tokens=200))
     for _ in range(5):
         next(stream)
     del stream  # the connection dropped: Gradio stops iterating and drops the generator
@@ -156,7 +157,7 @@ def test_a_client_gone_mid_stream_loses_nothing_and_frees_its_reply(tiny_cobra, 
     assert ui.manager.stats()["replies_in_flight"] == 0  # the reply was ended and saved
     (question, partial), = ui.manager.history(sid)
     assert question == "Tell me a long story." and partial
-    _, chat, box = last(ui.send(images["A"], "Go on.", sid, *GREEDY))  # the same tab carries on
+    _, chat, box = last(ui.send(images["A"], "Go on.", sid, GREEDY))  # the same tab carries on
     assert box == "" and [m["content"] for m in chat if m["role"] == "user"] == ["Tell me a long story.", "Go on."]
     state = ui.manager.snapshot(sid).state
     _, reference = full_recompute(tiny_cobra, sample_image(48, 40, seed=0), ui.manager.token_ids(sid))
@@ -173,7 +174,7 @@ def test_stop_pressed_many_times_at_once_ends_the_reply_once(tiny_cobra, images,
     ui.stop(sid)  # nothing in flight yet
     ui.stop(None)
     ui.stop("no-such-session")
-    stream = ui.send(images["A"], "Tell me a long story.", sid, 200, 1.0, 1.0, 0, 1.0, True)
+    stream = ui.send(images["A"], "Tell me a long story.", sid, ParamValues(max_new_tokens=200))
     next(stream), next(stream)
     presses = [threading.Thread(target=ui.stop, args=(sid,)) for _ in range(8)]
     for t in presses:
@@ -185,7 +186,7 @@ def test_stop_pressed_many_times_at_once_ends_the_reply_once(tiny_cobra, images,
     assert box == "" and len(speed_lines) == 1 and speed_lines[0].endswith(" · stopped")
     assert len(ui.manager.history(sid)) == 1 and ui.manager.stats()["replies_in_flight"] == 0
     ui.stop(sid)  # and once more afterwards
-    _, chat, _ = last(ui.send(images["A"], "Short now.", sid, *GREEDY))
+    _, chat, _ = last(ui.send(images["A"], "Short now.", sid, GREEDY))
     assert [m["content"] for m in chat if m["role"] == "user"] == ["Tell me a long story.", "Short now."]
     _, reference = full_recompute(tiny_cobra, sample_image(48, 40, seed=0), ui.manager.token_ids(sid))
     assert state_rel_diff(ui.manager.snapshot(sid).state, reference) < 1e-5
@@ -201,18 +202,18 @@ def test_a_session_evicted_while_it_replies_finishes_exactly(tiny_cobra, images,
     manager = SessionManager(tiny_cobra, memory_budget_bytes=int(one_image * 1.5))
     ui = ChatHandlers(manager, notifier=RecordingNotifier())
     a, b = ui.open_tab(), ui.open_tab()
-    stream = ui.send(images["A"], "Tell me a long story.", a, 60, 1.0, 1.0, 0, 1.0, True)
+    stream = ui.send(images["A"], "Tell me a long story.", a, ParamValues(max_new_tokens=60))
     next(stream), next(stream)
     evictions = manager.stats()["evictions"]
-    last(ui.send(images["B"], "Quick question?", b, *GREEDY))  # B's image and states push A's out
+    last(ui.send(images["B"], "Quick question?", b, GREEDY))  # B's image and states push A's out
     assert manager.stats()["evictions"] > evictions
     a_keys = {("embeds", manager._sessions[a].image_key), ("prefix", manager._sessions[a].image_key)}
     assert not a_keys & set(manager.store.entry_keys())  # A's image caches are gone while its reply streams
     last(stream)
-    last(ui.send(images["B"], "Another one?", b, *GREEDY))  # and again, now that A's reply is saved
+    last(ui.send(images["B"], "Another one?", b, GREEDY))  # and again, now that A's reply is saved
     assert not any(key[:2] == ("snapshot", a) for key in manager.store.entry_keys())
     rebuilds = manager.stats()["rebuilds"]
-    last(ui.send(images["A"], "And then?", a, *GREEDY))
+    last(ui.send(images["A"], "And then?", a, GREEDY))
     assert manager.stats()["rebuilds"] > rebuilds  # A's state was recomputed from its history, nothing lost
     for sid, seed in ((a, 0), (b, 1)):
         _, reference = full_recompute(tiny_cobra, sample_image(48, 40, seed=seed), manager.token_ids(sid))

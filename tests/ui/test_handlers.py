@@ -3,26 +3,14 @@ and leave the user's input where it was."""
 
 import threading
 
-import pytest
 from PIL import Image
 
-from cobra_app.ui.handlers import (
-    EMPTY_REPLY,
-    BadParams,
-    ParamLimits,
-    format_bytes,
-    format_speed,
-    image_path,
-    make_params,
-    message_text,
-    model_info_markdown,
-    render_chat,
-    user_turn_index,
-)
+from cobra_app.ui.handlers import image_path
+from cobra_app.ui.params import ParamValues
 from tests.helpers import sample_image
 from tests.ui.support import last
 
-GREEDY = (8, 1.0, 1.0, 0, 1.0, True)  # max new tokens, temperature, top-p, top-k, repetition penalty, greedy
+GREEDY = ParamValues(max_new_tokens=8)
 
 
 def assistant_texts(chat):
@@ -33,59 +21,16 @@ def speed_lines(chat):
     return [m["metadata"]["title"] for m in chat if m.get("metadata")]
 
 
-# --- pure formatting ------------------------------------------------------------------------------------------------
-def test_render_chat_shows_replies_speed_lines_and_the_reply_in_flight():
-    chat = render_chat([("hi", "hello"), ("more?", None)], ["⚡ fast"], partial="wor")
-    assert [m["role"] for m in chat] == ["user", "assistant", "assistant", "user", "assistant"]
-    assert chat[2]["metadata"]["title"] == "⚡ fast" and chat[2]["content"] == ""
-    assert chat[4]["content"] == "wor"
-    assert render_chat([("q", "")])[1]["content"] == EMPTY_REPLY
-    assert user_turn_index(chat, 3) == 1 and user_turn_index(chat, 0) == 0
-    assert user_turn_index(chat, 1) is None and user_turn_index(chat, 99) is None
-
-
 def test_image_path_reads_the_raw_image_value():
     assert image_path({"path": "/tmp/gradio/x/a.png", "url": "http://h/file=..."}) == "/tmp/gradio/x/a.png"
     assert image_path("/tmp/a.png") == "/tmp/a.png"
     assert image_path(None) is None and image_path({"path": None, "url": None}) is None and image_path("") is None
 
 
-def test_message_text_reads_every_gradio_content_shape():
-    assert message_text("a") == "a"
-    assert message_text([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]) == "ab"
-    assert message_text({"text": "c"}) == "c" and message_text(None) == ""
-
-
-def test_make_params_clamps_into_range_and_refuses_non_numbers():
-    params, notes = make_params(10_000, -1, 1.5, -3, 1.2, False, ParamLimits(max_new_tokens=300))
-    assert (params.max_new_tokens, params.temperature, params.top_p, params.top_k) == (300, 0.01, 1.0, 0)
-    assert params.repetition_penalty == 1.2 and params.greedy is False
-    assert len(notes) == 4 and "Max new tokens 10000 is out of range; using 300." in notes
-    params, notes = make_params("16", "0.7", 0.9, 40.0, 1, "true")
-    assert (params.max_new_tokens, params.temperature, params.top_k, params.greedy, notes) == (16, 0.7, 40, True, [])
-    for bad in (float("nan"), "hot", None, float("inf")):
-        with pytest.raises(BadParams, match="Temperature must be"):
-            make_params(8, bad, 1, 0, 1, True)
-
-
-def test_speed_line_and_model_info_name_what_users_need():
-    from cobra_app.sessions import ReplyStats
-
-    line = format_speed(ReplyStats(ttft_s=0.123, tokens_per_s=45.6, new_tokens=12, prefill_tokens=9,
-                                   context_tokens=321, state_bytes=26_214_400, finish_reason="eos"))
-    assert line == ("⚡ 0.12 s to first token · 45.6 tokens/s · 12 new tokens · read 9 new prompt tokens · "
-                    "321 tokens in context · state 26.2 MB (constant)")
-    assert format_bytes(999) == "999 B" and format_bytes(6144) == "6.1 kB"
-    md = model_info_markdown({"model_id": "m", "source": "s", "device": "cpu", "dtype": "float32",
-                              "parameters": 3_500_000_000, "ops": "torch", "state_bytes": 26_214_400}, "cobra+3b")
-    for text in ("`m`", "`cpu`", "`float32`", "3.50B", "`torch`", "26.2 MB", "`cobra+3b` (unavailable)"):
-        assert text in md
-
-
 # --- a conversation -------------------------------------------------------------------------------------------------
 def test_send_streams_then_shows_the_speed_line_and_follow_ups_read_only_new_tokens(ui, png, notes):
     sid = ui.open_tab("browser-1")
-    outputs = list(ui.send(png, "What is in the image?", sid, *GREEDY))
+    outputs = list(ui.send(png, "What is in the image?", sid, GREEDY))
     assert len(outputs) >= 3  # the user's message at once, then deltas, then the final chat
     first_sid, first_chat, box = outputs[0]
     assert first_sid == sid and box == "" and first_chat[0] == {"role": "user", "content": "What is in the image?"}
@@ -94,7 +39,7 @@ def test_send_streams_then_shows_the_speed_line_and_follow_ups_read_only_new_tok
     assert box == "" and len(assistant_texts(chat)) == 1 and len(speed_lines(chat)) == 1
     line1 = speed_lines(chat)[0]
     assert "tokens in context" in line1 and "(constant)" in line1 and "to first token" in line1
-    _, chat, _ = last(ui.send(png, "And what else?", sid, *GREEDY))
+    _, chat, _ = last(ui.send(png, "And what else?", sid, GREEDY))
     line2 = speed_lines(chat)[1]
     state = line1.split("state ")[1].split(" (constant)")[0]
     assert state == line2.split("state ")[1].split(" (constant)")[0]  # same state size, longer context
@@ -107,51 +52,50 @@ def test_send_streams_then_shows_the_speed_line_and_follow_ups_read_only_new_tok
 
 def test_regenerate_undo_clear_and_edit(ui, png, notes):
     sid = ui.open_tab()
-    last(ui.send(png, "First question?", sid, *GREEDY))
-    last(ui.send(png, "Second question?", sid, *GREEDY))
-    sampled = (8, 1.5, 1.0, 0, 1.0, False)
-    _, chat = last(ui.regenerate(sid, *sampled))
+    last(ui.send(png, "First question?", sid, GREEDY))
+    last(ui.send(png, "Second question?", sid, GREEDY))
+    _, chat = last(ui.regenerate(sid, ParamValues(max_new_tokens=8, temperature=1.5, greedy=False)))
     assert [m["content"] for m in chat if m["role"] == "user"] == ["First question?", "Second question?"]
     assert len(speed_lines(chat)) == 2 and "no prompt re-read" in speed_lines(chat)[1]  # decoded from saved state
-    _, chat = last(ui.edit(0, [{"type": "text", "text": "Edited first?"}], sid, *GREEDY))
+    _, chat = last(ui.edit(0, [{"type": "text", "text": "Edited first?"}], sid, GREEDY))
     assert [m["content"] for m in chat if m["role"] == "user"] == ["Edited first?"]
     assert len(assistant_texts(chat)) == 1
-    _, chat = last(ui.edit_turn(0, "Edited again?", sid, *GREEDY))
+    _, chat = last(ui.edit_turn(0, "Edited again?", sid, GREEDY))
     assert chat[0]["content"] == "Edited again?"
     _, chat, box = ui.undo(sid, "")
     assert chat == [] and box == "Edited again?"  # the undone message comes back to the textbox
     _, chat, box = ui.undo(sid, "draft")
     assert box == "draft" and notes.warnings == ["There is nothing to undo."]
-    last(ui.send(png, "Third?", sid, *GREEDY))
+    last(ui.send(png, "Third?", sid, GREEDY))
     assert ui.clear(sid)[1] == []
     assert ui.manager.history(sid) == []
 
 
 def test_errors_are_notices_and_nothing_typed_is_lost(ui, png, notes, tmp_path):
     sid = ui.open_tab()
-    assert last(ui.send(None, "Is there a cat?", sid, *GREEDY))[2] == "Is there a cat?"
+    assert last(ui.send(None, "Is there a cat?", sid, GREEDY))[2] == "Is there a cat?"
     assert "add an image" in notes.warnings[-1]
-    assert last(ui.send(png, "   ", sid, *GREEDY))[2] == "   "
+    assert last(ui.send(png, "   ", sid, GREEDY))[2] == "   "
     assert notes.warnings[-1] == "Please type a message first."
-    assert last(ui.send(png, "Keep me", sid, 8, "warm", 1, 0, 1, True))[2] == "Keep me"
+    assert last(ui.send(png, "Keep me", sid, ParamValues(8, "warm")))[2] == "Keep me"
     assert notes.warnings[-1] == "Temperature must be a number, not 'warm'."
     too_long = "word " * 400
-    _, chat, box = last(ui.send(png, too_long, sid, *GREEDY))
+    _, chat, box = last(ui.send(png, too_long, sid, GREEDY))
     assert box == too_long and chat == [] and "too long" in notes.warnings[-1]
-    _, chat = last(ui.regenerate(sid, *GREEDY))
+    _, chat = last(ui.regenerate(sid, GREEDY))
     assert notes.warnings[-1] == "There is no reply to regenerate yet."
-    _, chat = last(ui.edit(0, "x", sid, *GREEDY))
+    _, chat = last(ui.edit(0, "x", sid, GREEDY))
     assert notes.warnings[-1] == "Only your own messages can be edited."
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    assert last(ui.send(str(corrupt), "Hello?", sid, *GREEDY))[2] == "Hello?"
+    assert last(ui.send(str(corrupt), "Hello?", sid, GREEDY))[2] == "Hello?"
     assert "not an image Cobra can read" in notes.warnings[-1]
     assert all("Traceback" not in w and "Error" not in w for w in notes.warnings)
 
 
 def test_a_model_failure_mid_reply_keeps_the_message_and_the_session_usable(ui, png, notes, monkeypatch):
     sid = ui.open_tab()
-    last(ui.send(png, "Fine?", sid, *GREEDY))
+    last(ui.send(png, "Fine?", sid, GREEDY))
     llm = ui.manager.cobra.vlm.llm
     calls = {"n": 0}
     real_step = type(llm).step
@@ -163,12 +107,12 @@ def test_a_model_failure_mid_reply_keeps_the_message_and_the_session_usable(ui, 
         return real_step(self, *args, **kwargs)
 
     monkeypatch.setattr(type(llm), "step", failing_step)
-    _, chat, box = last(ui.send(png, "Will this fail?", sid, *GREEDY))
+    _, chat, box = last(ui.send(png, "Will this fail?", sid, GREEDY))
     assert box == "Will this fail?"
     assert notes.warnings[-1].startswith("Cobra failed while answering (a model error).")
     assert "CUDA" not in notes.warnings[-1]
     monkeypatch.undo()
-    _, chat, box = last(ui.send(png, "And now?", sid, *GREEDY))
+    _, chat, box = last(ui.send(png, "And now?", sid, GREEDY))
     assert box == "" and chat[-3]["content"] == "And now?"
 
 
@@ -176,7 +120,7 @@ def test_image_changes_start_a_new_conversation_and_bad_files_keep_the_old_one(u
     sid = ui.open_tab()
     sid, chat, shown = ui.set_image(png, sid)
     assert shown == png and chat == []
-    last(ui.send(png, "Hi?", sid, *GREEDY))
+    last(ui.send(png, "Hi?", sid, GREEDY))
     assert ui.set_image(png, sid)[1] != []  # the same image again: the conversation continues
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"GIF89a garbage")
@@ -185,7 +129,7 @@ def test_image_changes_start_a_new_conversation_and_bad_files_keep_the_old_one(u
     assert "not an image" in notes.warnings[-1]
     ui.set_image(str(bad), sid)  # Gradio reports one upload as two changes: one notice
     assert sum("not an image" in w for w in notes.warnings) == 1
-    assert last(ui.send(str(bad), "Hi?", sid, *GREEDY))[2] == "Hi?"  # sending it is refused out loud
+    assert last(ui.send(str(bad), "Hi?", sid, GREEDY))[2] == "Hi?"  # sending it is refused out loud
     assert sum("not an image" in w for w in notes.warnings) == 2
     other = tmp_path / "b.png"
     sample_image(40, 40, seed=7).save(other)
@@ -240,21 +184,21 @@ def test_tabs_are_isolated_and_closed_on_unload(ui, manager, png, tmp_path):
     sample_image(30, 30, seed=3).save(other)
     a, b = ui.open_tab("browser-a"), ui.open_tab("browser-b")
     assert a != b and len(a) >= 20
-    last(ui.send(png, "Question from A?", a, *GREEDY))
-    last(ui.send(str(other), "Question from B?", b, *GREEDY))
+    last(ui.send(png, "Question from A?", a, GREEDY))
+    last(ui.send(str(other), "Question from B?", b, GREEDY))
     assert [u for u, _ in manager.history(a)] == ["Question from A?"]
     assert [u for u, _ in manager.history(b)] == ["Question from B?"]
     ui.close_browser("browser-a")
     assert manager.stats()["sessions"] == 1
     # a tab whose session is gone gets a new one, and is told
-    new_sid, chat, _ = last(ui.send(png, "Still there?", a, *GREEDY))
+    new_sid, chat, _ = last(ui.send(png, "Still there?", a, GREEDY))
     assert new_sid not in (a, b) and chat[0]["content"] == "Still there?"
     assert "new conversation has been started" in ui.notify.warnings[-1]
 
 
 def test_stop_ends_the_reply_and_keeps_the_partial_text(ui, png):
     sid = ui.open_tab()
-    stream = ui.send(png, "Tell me everything.", sid, 150, 1.0, 1.0, 0, 1.0, True)
+    stream = ui.send(png, "Tell me everything.", sid, ParamValues(max_new_tokens=150))
     next(stream), next(stream)
     ui.stop(sid)  # as the Stop button does, from another request while the reply streams
     _, chat, box = last(stream)
@@ -265,11 +209,11 @@ def test_stop_ends_the_reply_and_keeps_the_partial_text(ui, png):
 
 def test_abandoned_stream_is_closed_and_the_session_continues(ui, png):
     sid = ui.open_tab()
-    stream = ui.send(png, "Long answer please.", sid, 150, 1.0, 1.0, 0, 1.0, True)
+    stream = ui.send(png, "Long answer please.", sid, ParamValues(max_new_tokens=150))
     next(stream), next(stream)
     stream.close()  # the browser went away mid-reply
     assert ui.manager.history(sid)[0][1] is not None
-    _, chat, box = last(ui.send(png, "Next?", sid, *GREEDY))
+    _, chat, box = last(ui.send(png, "Next?", sid, GREEDY))
     assert box == "" and [m["content"] for m in chat if m["role"] == "user"] == ["Long answer please.", "Next?"]
 
 
@@ -289,7 +233,7 @@ def test_a_long_reply_does_not_hold_up_another_users_short_one(ui, png, monkeypa
     done = {}
 
     def run(name, sid, message, max_new_tokens):
-        last(ui.send(png, message, sid, max_new_tokens, 1.0, 1.0, 0, 1.0, True))
+        last(ui.send(png, message, sid, ParamValues(max_new_tokens)))
         done[name] = time.perf_counter()
 
     long_reply = threading.Thread(target=run, args=("long", a, "Tell me a long story.", 150))

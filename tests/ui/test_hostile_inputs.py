@@ -9,6 +9,7 @@ Choices made here:
 - Out-of-range numbers are clamped into range with an info note; non-numbers and non-finite values are refused.
 """
 
+import dataclasses
 import math
 import struct
 import zlib
@@ -18,10 +19,11 @@ import pytest
 from PIL import Image, ImageFile
 
 from cobra_app.prompting.tokenization import EOS
+from cobra_app.ui.params import ParamValues
 from tests.ui.conftest import MAX_BYTES
 from tests.ui.support import last
 
-GREEDY = (4, 1.0, 1.0, 0, 1.0, True)  # max new tokens, temperature, top-p, top-k, repetition penalty, greedy
+GREEDY = ParamValues(max_new_tokens=4)
 
 
 @pytest.fixture
@@ -87,7 +89,7 @@ def accepted(ui, notes, seen, path) -> np.ndarray:
     sid = ui.open_tab()
     _, chat, shown = ui.set_image(str(path), sid)
     assert shown == str(path) and notes.warnings == []
-    _, chat, box = last(ui.send(str(path), "What is this?", sid, *GREEDY))
+    _, chat, box = last(ui.send(str(path), "What is this?", sid, GREEDY))
     assert box == "" and chat[0]["content"] == "What is this?" and len(chat) == 3 and notes.warnings == []
     assert len(seen) == 1 and seen[0].mode == "RGB"
     return np.asarray(seen[0])
@@ -131,11 +133,11 @@ def test_a_truncated_image_is_refused_and_the_previous_image_and_chat_are_kept(u
     cut.write_bytes(data[: len(data) // 2])
     sid = ui.open_tab()
     ui.set_image(png, sid)
-    last(ui.send(png, "Hi?", sid, *GREEDY))
+    last(ui.send(png, "Hi?", sid, GREEDY))
     message = refused(ui, notes, cut, sid)
     assert message.startswith("The image file is damaged or incomplete")
     assert len(ui.manager.history(sid)) == 1  # the conversation about the previous image is kept
-    _, _, box = last(ui.send(str(cut), "About the cut one?", sid, *GREEDY))  # sending it: refused, text kept
+    _, _, box = last(ui.send(str(cut), "About the cut one?", sid, GREEDY))  # sending it: refused, text kept
     assert box == "About the cut one?" and notes.warnings[-1] == message and len(ui.manager.history(sid)) == 1
 
 
@@ -226,49 +228,49 @@ def test_exif_orientation_is_honoured_so_the_model_sees_the_image_upright(ui, no
 @pytest.mark.parametrize("typed", ["", None, "   ", " \n\t\r ", "\u3000\u2003"])
 def test_empty_or_whitespace_only_messages_are_refused_and_kept(ui, notes, png, typed):
     sid = ui.open_tab()
-    _, chat, box = last(ui.send(png, typed, sid, *GREEDY))
+    _, chat, box = last(ui.send(png, typed, sid, GREEDY))
     assert box == ("" if typed is None else typed) and chat == []
     assert notes.warnings == ["Please type a message first."] and ui.manager.history(sid) == []
 
 
 def test_a_message_of_only_the_image_placeholder_is_refused_in_plain_words(ui, notes, png):
     sid = ui.open_tab()
-    _, chat, box = last(ui.send(png, " <image> ", sid, *GREEDY))
+    _, chat, box = last(ui.send(png, " <image> ", sid, GREEDY))
     assert box == " <image> " and chat == [] and notes.warnings == ["Please type a message."]
 
 
 def test_a_message_over_the_context_limit_is_refused_and_nothing_is_lost(ui, notes, png):
     sid = ui.open_tab()
-    last(ui.send(png, "A first question?", sid, *GREEDY))
+    last(ui.send(png, "A first question?", sid, GREEDY))
     before = ui.manager.history(sid)
     too_long = "elephant " * 1000
-    _, chat, box = last(ui.send(png, too_long, sid, *GREEDY))
+    _, chat, box = last(ui.send(png, too_long, sid, GREEDY))
     assert box == too_long  # the whole message goes back into the textbox
     assert ui.manager.history(sid) == before and [m["content"] for m in chat if m["role"] == "user"] == [
         "A first question?"]
     assert notes.warnings[-1].startswith("Your message is too long for the model (")
     assert "the limit is 200 tokens" in notes.warnings[-1]
     no_tracebacks(notes)
-    _, chat, box = last(ui.send(png, "A short one?", sid, *GREEDY))  # the session goes on
+    _, chat, box = last(ui.send(png, "A short one?", sid, GREEDY))  # the session goes on
     assert box == "" and len(ui.manager.history(sid)) == 2
 
 
 def test_control_characters_are_plain_text(ui, notes, png):
     sid = ui.open_tab()
     typed = "a\x00b\x07c\x1b[31md\x7fe\u202ef\ufeffg\u200b?"
-    _, _, box = last(ui.send(png, typed, sid, *GREEDY))
+    _, _, box = last(ui.send(png, typed, sid, GREEDY))
     assert box == "" and notes.warnings == []
     assert ui.manager.history(sid)[0][0] == typed and isinstance(ui.manager.history(sid)[0][1], str)
 
 
 def test_unpaired_surrogates_are_replaced_and_pairs_joined_never_a_model_error(ui, notes, png):
     sid = ui.open_tab()
-    _, _, box = last(ui.send(png, "\ud800 lonely \udfff", sid, *GREEDY))
+    _, _, box = last(ui.send(png, "\ud800 lonely \udfff", sid, GREEDY))
     assert box == "" and notes.warnings == []
     assert ui.manager.history(sid)[0][0] == "\ufffd lonely \ufffd"
-    _, _, box = last(ui.send(png, "smile \ud83d\ude00", sid, *GREEDY))  # a pair as JSON sends it
+    _, _, box = last(ui.send(png, "smile \ud83d\ude00", sid, GREEDY))  # a pair as JSON sends it
     assert box == "" and ui.manager.history(sid)[1][0] == "smile \U0001F600"
-    last(ui.edit_turn(0, "edited \udbff", sid, *GREEDY))
+    last(ui.edit_turn(0, "edited \udbff", sid, GREEDY))
     assert ui.manager.history(sid)[0][0] == "edited \ufffd" and notes.warnings == []
     _, probs, _ = ui.probe(png, "Is it \ud800?", sid)
     assert probs is not None and abs(sum(probs.values()) - 1) < 1e-6 and notes.warnings == []
@@ -279,7 +281,7 @@ def test_special_tokens_typed_as_text_stay_plain_text(ui, notes, png, typed):
     turns = ui.manager.cobra.turns
     eos, pad = turns.eos_id, turns.tokenizer.convert_tokens_to_ids("<|padding|>")
     sid = ui.open_tab()
-    _, _, box = last(ui.send(png, typed, sid, *GREEDY))
+    _, _, box = last(ui.send(png, typed, sid, GREEDY))
     assert box == "" and notes.warnings == [] and ui.manager.history(sid)[0][0] == typed
     expected = turns.user_turn_ids(typed, first=True)
     assert ui.manager.token_ids(sid)[: len(expected)] == expected  # what the model read
@@ -321,21 +323,20 @@ def used_params(ui, monkeypatch):
 ])
 def test_out_of_range_parameters_are_clamped_with_a_note(ui, notes, png, used_params, values, field, value, note):
     sid = ui.open_tab()
-    _, _, box = last(ui.send(png, "Describe it.", sid, *values))
+    _, _, box = last(ui.send(png, "Describe it.", sid, ParamValues(*values)))
     assert box == "" and len(ui.manager.history(sid)) == 1 and ui.manager.history(sid)[0][1] is not None
     assert note in notes.infos
     assert getattr(used_params[-1], field) == value
     no_tracebacks(notes)
 
 
-@pytest.mark.parametrize("position, name", [(0, "Max new tokens"), (1, "Temperature"), (2, "Top-p"), (3, "Top-k"),
-                                            (4, "Repetition penalty")])
+@pytest.mark.parametrize("field, name", [("max_new_tokens", "Max new tokens"), ("temperature", "Temperature"),
+                                         ("top_p", "Top-p"), ("top_k", "Top-k"),
+                                         ("repetition_penalty", "Repetition penalty")])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 10**400, "1e999", "warm", None, [], {}])
-def test_non_numbers_and_non_finite_parameters_are_refused_and_the_message_kept(ui, notes, png, position, name, bad):
-    values = list(GREEDY)
-    values[position] = bad
+def test_non_numbers_and_non_finite_parameters_are_refused_and_the_message_kept(ui, notes, png, field, name, bad):
     sid = ui.open_tab()
-    _, chat, box = last(ui.send(png, "Keep me", sid, *values))
+    _, chat, box = last(ui.send(png, "Keep me", sid, dataclasses.replace(GREEDY, **{field: bad})))
     assert box == "Keep me" and chat == [] and ui.manager.history(sid) == []
     assert len(notes.warnings) == 1 and notes.warnings[0].startswith(f"{name} must be a")
     no_tracebacks(notes)
@@ -343,13 +344,13 @@ def test_non_numbers_and_non_finite_parameters_are_refused_and_the_message_kept(
 
 def test_bad_parameters_on_regenerate_and_edit_are_notices_and_the_chat_is_kept(ui, notes, png):
     sid = ui.open_tab()
-    last(ui.send(png, "First?", sid, *GREEDY))
+    last(ui.send(png, "First?", sid, GREEDY))
     before = ui.manager.history(sid)
-    last(ui.regenerate(sid, 4, math.nan, 1.0, 0, 1.0, False))
+    last(ui.regenerate(sid, ParamValues(4, math.nan, greedy=False)))
     assert notes.warnings[-1] == "Temperature must be a finite number." and ui.manager.history(sid) == before
-    last(ui.edit_turn(0, "Edited?", sid, 4, 1.0, "high", 0, 1.0, False))
+    last(ui.edit_turn(0, "Edited?", sid, ParamValues(4, top_p="high", greedy=False)))
     assert notes.warnings[-1] == "Top-p must be a number, not 'high'." and ui.manager.history(sid) == before
     for turn in (math.nan, 10**400, "x", 5, -1):  # the message number itself, through the API
-        last(ui.edit_turn(turn, "Edited?", sid, *GREEDY))
+        last(ui.edit_turn(turn, "Edited?", sid, GREEDY))
         assert ui.manager.history(sid) == before
     no_tracebacks(notes)
