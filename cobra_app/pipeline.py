@@ -71,11 +71,23 @@ class Cobra:
         return self.vlm.encode_images(pixels)
 
     @torch.no_grad()
+    def prefill(self, input_ids: Tensor, image_embeds: Tensor | None = None, state: MambaState | None = None,
+                logits_to_keep: int = 1) -> tuple[Tensor, MambaState]:
+        """Read [image patches] + input_ids [B, L] on top of `state` (None: the start); image_embeds [B, P, d].
+        Returns (logits [B, logits_to_keep, V] fp32, new state)."""
+        return self.vlm.prefill(input_ids, image_embeds, state, logits_to_keep=logits_to_keep)
+
+    @torch.no_grad()
+    def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
+        """Decode one token per sequence: input_ids [B] -> (logits [B, V] fp32, new state)."""
+        return self.vlm.llm.step(input_ids, state)
+
+    @torch.no_grad()
     def read_prompt(self, image: ImageInput, question: str) -> tuple[Tensor, MambaState, list[int]]:
         """Prefill [image patches] + the first user turn -> (logits at the first answer position [V], state, ids)."""
         ids = self.turns.user_turn_ids(question, first=True)
         embeds = None if image is None else self.encode_image(image)
-        logits, state = self.vlm.prefill(torch.tensor([ids], device=self.device), embeds)
+        logits, state = self.prefill(torch.tensor([ids], device=self.device), embeds)
         return logits[0, -1], state, ids
 
     def stream(
@@ -88,7 +100,7 @@ class Cobra:
         """Yield the reply's text as it is generated (never half a UTF-8 character)."""
         logits, state, ids = self.read_prompt(image, question)
         decoder = Decoder(
-            self.vlm.llm, logits, state, params or SamplingParams(), self.turns.eos_id,
+            self, logits, state, params or SamplingParams(), self.turns.eos_id,
             stop_event=stop_event, history_ids=ids, streamer=TextStreamer(self.tokenizer), vocab_size=self.vocab_size,
         )
         for event in decoder:

@@ -85,8 +85,8 @@ def full_recompute_turn(cobra, image, prompt_ids: list[int], params: SamplingPar
     t0 = time.perf_counter()
     with torch.no_grad():
         embeds = cobra.encode_image(image)
-        logits, state = cobra.vlm.prefill(torch.tensor([prompt_ids], device=cobra.device), embeds, None)
-    decoder = Decoder(cobra.vlm.llm, logits[0, -1], state, params, cobra.turns.eos_id, history_ids=prompt_ids,
+        logits, state = cobra.prefill(torch.tensor([prompt_ids], device=cobra.device), embeds, None)
+    decoder = Decoder(cobra, logits[0, -1], state, params, cobra.turns.eos_id, history_ids=prompt_ids,
                       vocab_size=cobra.vocab_size)
     ttft = None
     for _ in decoder:
@@ -115,13 +115,13 @@ def run(cobra, image, turns: int, params: SamplingParams, out=sys.stdout) -> dic
     print(header, file=out)
     print("-" * len(header), file=out)
     totals = {"cached_tokens": 0, "cached_s": 0.0, "full_tokens": 0, "full_s": 0.0, "same": 0}
-    session = manager._sessions[sid]
+    session = manager.registry.peek(sid)
     for i in range(turns):
         reply = manager.send(sid, QUESTIONS[i % len(QUESTIONS)], params)
         for _ in reply:
             pass
         stats = reply.stats
-        turn = session.turns[-1]
+        turn = session.exchanges[-1]
         ids = manager.token_ids(sid)
         prompt = ids[: len(ids) - len(turn.reply_ids)]
         full_ids, full_read, full_ttft, full_s = full_recompute_turn(cobra, image, prompt, params)

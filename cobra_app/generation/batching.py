@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cobra_app.model.mamba import MambaLM, MambaState
+from cobra_app.generation.decode import StepLM
+from cobra_app.model.mamba import MambaState
 
 
 @dataclass
@@ -36,7 +37,7 @@ class BatchedStepper:
     independent, so each result equals an unbatched step up to float rounding (tests: tests/generation/test_batching).
     """
 
-    def __init__(self, lm: MambaLM, max_batch: int = 8, model_lock: threading.RLock | None = None):
+    def __init__(self, lm: StepLM, max_batch: int = 8, model_lock: threading.RLock | None = None):
         self.lm, self.max_batch = lm, max_batch
         self.model_lock = model_lock or nullcontext()
         self._cond = threading.Condition()

@@ -20,7 +20,10 @@ from transformers import PreTrainedTokenizerFast
 from cobra_app.generation.sampling import SamplingParams, make_generator, next_token
 from cobra_app.generation.streaming import TextStreamer
 
-FinishReason = Literal["eos", "length", "stopped"]
+# How a reply ended: "eos" (the model ended it), "length" (max_new_tokens), "stopped" (a stop request or an abandoned
+# iteration). The decode loop ends with one of these three; the session layer adds "context" (the reply reached the
+# context limit) and "error" (a model error ended it).
+FinishReason = Literal["eos", "length", "stopped", "context", "error"]
 
 
 class StepLM(Protocol):

@@ -4,10 +4,9 @@ from cobra_app.prompting.builders import (
     EOS,
     PROMPT_BUILDERS,
     PromptBuilder,
-    Turn,
     clean_message,
     get_prompt_builder,
 )
 from cobra_app.prompting.tokenization import TurnTokenizer
 
-__all__ = ["EOS", "PROMPT_BUILDERS", "PromptBuilder", "Turn", "TurnTokenizer", "clean_message", "get_prompt_builder"]
+__all__ = ["EOS", "PROMPT_BUILDERS", "PromptBuilder", "TurnTokenizer", "clean_message", "get_prompt_builder"]

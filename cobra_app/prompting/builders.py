@@ -13,8 +13,6 @@ from dataclasses import dataclass
 EOS = "<|endoftext|>"
 IMAGE_PLACEHOLDER = "<image>"
 
-Turn = tuple[str, str | None]  # (user message, assistant reply or None while it is being generated)
-
 
 def clean_message(msg: str) -> str:
     """The release's message cleaning: drop `<image>` (images go before all text), strip whitespace."""
@@ -50,15 +48,16 @@ class PromptBuilder:
     def assistant_text(self, reply: str) -> str:
         return EOS.join(self.assistant_parts(reply))
 
-    def conversation_text(self, turns: Sequence[Turn]) -> str:
-        """The whole conversation; only the last turn may have `None` as reply (the prompt for generation)."""
+    def conversation_text(self, exchanges: Sequence[tuple[str, str | None]]) -> str:
+        """The whole conversation from (user message, reply) pairs; only the last reply may be `None` (the prompt for
+        generation)."""
         pieces = []
-        for i, (msg, reply) in enumerate(turns):
+        for i, (msg, reply) in enumerate(exchanges):
             pieces.append(self.user_text(msg, first=i == 0))
             if reply is not None:
                 pieces.append(self.assistant_text(reply))
-            elif i != len(turns) - 1:
-                raise ValueError(f"turn {i} has no reply but is not the last turn")
+            elif i != len(exchanges) - 1:
+                raise ValueError(f"exchange {i} has no reply but is not the last one")
         return "".join(pieces)
 
 

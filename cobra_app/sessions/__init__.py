@@ -8,14 +8,17 @@ from cobra_app.sessions.errors import (
     SessionError,
     SessionNotFound,
 )
-from cobra_app.sessions.manager import DEFAULT_MEMORY_BUDGET, Reply, ReplyStats, SessionManager
+from cobra_app.sessions.manager import DEFAULT_MEMORY_BUDGET, SessionManager
 from cobra_app.sessions.memory import MemoryStore, measure_nbytes
-from cobra_app.sessions.session import Session, Snapshot, Turn, image_key
+from cobra_app.sessions.protocol import SessionModel
+from cobra_app.sessions.reply import Reply, ReplyStats
+from cobra_app.sessions.session import Exchange, Session, Snapshot, image_key
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
     "ContextFull",
     "EmptyMessage",
+    "Exchange",
     "MemoryStore",
     "NoSuchTurn",
     "Reply",
@@ -24,9 +27,9 @@ __all__ = [
     "Session",
     "SessionError",
     "SessionManager",
+    "SessionModel",
     "SessionNotFound",
     "Snapshot",
-    "Turn",
     "image_key",
     "measure_nbytes",
 ]

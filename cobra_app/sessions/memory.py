@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 from torch import Tensor
@@ -118,22 +118,3 @@ class MemoryStore:
     def discard(self, key: Hashable) -> None:
         with self._lock:
             self._pop(key)
-
-    def discard_where(self, predicate: Callable[[Hashable], bool]) -> int:
-        """Remove every entry whose key satisfies `predicate`; returns how many (not counted as evictions)."""
-        with self._lock:
-            keys = [k for k in self._entries if predicate(k)]
-            for k in keys:
-                self._pop(k)
-            return len(keys)
-
-    def entry_keys(self) -> list[Hashable]:
-        """Keys from least to most recently used."""
-        with self._lock:
-            return list(self._entries)
-
-    def measured_bytes(self) -> int:
-        """Re-measure every stored value from its tensors now (a check on the running total)."""
-        with self._lock:
-            values = [v for v, _ in self._entries.values()]
-        return measure_nbytes(values)

@@ -3,8 +3,8 @@
 A conversation is a chain of *boundaries*; the text ids between consecutive boundaries are known exactly:
 
     boundary 0            start: after the image patches (or the empty state for a text-only chat)
-    boundary 2i+1         before reply i: after user segment i (`Turn.user_ids`) was read
-    boundary 2i+2         after reply i: after the assistant segment (`Turn.reply_ids`) was read
+    boundary 2i+1         before reply i: after user segment i (`Exchange.user_ids`) was read
+    boundary 2i+2         after reply i: after the assistant segment (`Exchange.reply_ids`) was read
 
 The full recompute of a conversation is `[image patches] + concat(user_ids_0, reply_ids_0, user_ids_1, ...)`.
 Snapshots of boundaries are cached in the manager's `MemoryStore` under `Session.snapshot_key`; any boundary missing
@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Literal
 from PIL import Image
 from torch import Tensor
 
+from cobra_app.generation.decode import FinishReason
 from cobra_app.model.mamba import MambaState
 
 if TYPE_CHECKING:
-    from cobra_app.sessions.manager import _ActiveReply
+    from cobra_app.sessions.reply import ReplyRun
 
 When = Literal["before", "after"]
 
@@ -41,9 +42,9 @@ class Snapshot:
 
 
 @dataclass(eq=False)
-class Turn:
-    """One exchange. `user_ids` is the user segment as fed (with the turn separator for later turns). `reply_ids` is
-    the assistant segment as fed: the generated ids, then EOS unless the last generated id is EOS (a reply stopped
+class Exchange:
+    """A user turn and the assistant turn answering it. `user_ids` is the user segment as fed (with the turn separator
+    for later turns). `reply_ids` is the assistant segment as fed: the generated ids, then EOS unless the last generated id is EOS (a reply stopped
     before its first token is written as the release writes an empty reply: " " + EOS). Empty while generating."""
 
     user: str
@@ -52,7 +53,7 @@ class Turn:
     reply: str | None = None  # decoded generated ids (None while generating)
     reply_ids: list[int] = field(default_factory=list)
     generated_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
 
     @property
     def complete(self) -> bool:
@@ -77,8 +78,8 @@ class Session:
     last_used: float
     image: Image.Image | None = None
     image_key: str | None = None
-    turns: list[Turn] = field(default_factory=list)
-    active: _ActiveReply | None = None
+    exchanges: list[Exchange] = field(default_factory=list)
+    active: ReplyRun | None = None
     closed: bool = False
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _next_uid: int = 0
@@ -98,23 +99,23 @@ class Session:
 
     def snapshot_key(self, boundary: int) -> tuple:
         """Store key of a boundary > 0 (boundary 0 is keyed by image, see the manager)."""
-        turn = self.turns[(boundary - 1) // 2]
+        turn = self.exchanges[(boundary - 1) // 2]
         return ("snapshot", self.sid, turn.uid, "before" if boundary % 2 else "after")
 
     def segment_ids(self, boundary: int) -> list[int]:
         """The text ids read between boundary-1 and boundary."""
-        turn = self.turns[(boundary - 1) // 2]
+        turn = self.exchanges[(boundary - 1) // 2]
         return turn.user_ids if boundary % 2 else turn.reply_ids
 
     def text_ids(self, upto_boundary: int | None = None) -> list[int]:
         """All text ids read up to a boundary (default: the end of the last complete turn)."""
         if upto_boundary is None:
-            upto_boundary = self.after(len(self.turns) - 1) if self.turns and self.turns[-1].complete else (
-                self.before(len(self.turns) - 1) if self.turns else 0)
+            upto_boundary = self.after(len(self.exchanges) - 1) if self.exchanges and self.exchanges[-1].complete else (
+                self.before(len(self.exchanges) - 1) if self.exchanges else 0)
         ids: list[int] = []
         for b in range(1, upto_boundary + 1):
             ids += self.segment_ids(b)
         return ids
 
     def history(self) -> list[tuple[str, str | None]]:
-        return [(t.user, t.reply) for t in self.turns]
+        return [(t.user, t.reply) for t in self.exchanges]

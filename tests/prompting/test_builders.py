@@ -90,5 +90,5 @@ def test_parts_join_with_eos_to_the_text(name):
 
 
 def test_missing_reply_only_allowed_last():
-    with pytest.raises(ValueError, match="turn 0 has no reply"):
+    with pytest.raises(ValueError, match="exchange 0 has no reply"):
         get_prompt_builder("zephyr").conversation_text([("a", None), ("b", None)])

@@ -3,6 +3,7 @@
 import torch
 
 from cobra_app.generation import Decoder, SamplingParams
+from cobra_app.sessions import measure_nbytes
 
 MESSAGES = (
     "What is in the image?",
@@ -46,6 +47,24 @@ def full_recompute_reply(cobra, image, prompt_ids, params) -> list[int]:
     for _ in decoder:
         pass
     return decoder.result.token_ids
+
+
+def session_of(manager, sid):
+    """The manager's live session record (inspection)."""
+    return manager.registry.peek(sid)
+
+
+def entry_keys(memory) -> list:
+    """A MemoryStore's keys, least recently used first."""
+    with memory._lock:
+        return list(memory._entries)
+
+
+def measured_bytes(memory) -> int:
+    """Re-measure every value a MemoryStore holds from its tensors (a check on its running total)."""
+    with memory._lock:
+        values = [v for v, _ in memory._entries.values()]
+    return measure_nbytes(values)
 
 
 def drain(reply) -> str:

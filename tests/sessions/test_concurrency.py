@@ -6,7 +6,7 @@ import time
 
 from cobra_app.sessions import ReplyInProgress, SessionManager
 from tests.helpers import sample_image
-from tests.sessions.support import MESSAGES, drain, sampled, state_rel_diff
+from tests.sessions.support import MESSAGES, drain, measured_bytes, sampled, session_of, state_rel_diff
 
 THREADS, SESSIONS_PER_THREAD, TURNS = 16, 4, 3
 
@@ -20,8 +20,8 @@ def script(thread: int, k: int):
 
 
 def outcome(manager, sid):
-    session = manager._sessions[sid]
-    return manager.history(sid), manager.token_ids(sid), [t.generated_ids for t in session.turns]
+    session = session_of(manager, sid)
+    return manager.history(sid), manager.token_ids(sid), [t.generated_ids for t in session.exchanges]
 
 
 def test_sixteen_threads_four_sessions_each_equal_single_threaded_runs(cobra):
@@ -115,7 +115,7 @@ def test_threads_under_a_tight_budget_rebuild_correctly_and_stay_under_it(cobra)
 
     def monitor():
         while not done.is_set():
-            seen.append(max(manager.store.bytes_in_use, manager.store.measured_bytes()))
+            seen.append(max(manager.store.memory.bytes_in_use, measured_bytes(manager.store.memory)))
             time.sleep(0.002)
 
     def worker(thread):

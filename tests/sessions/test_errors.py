@@ -12,7 +12,7 @@ from cobra_app.sessions import (
     SessionNotFound,
 )
 from tests.helpers import sample_image
-from tests.sessions.support import drain, full_recompute, state_rel_diff
+from tests.sessions.support import drain, entry_keys, full_recompute, state_rel_diff
 
 
 def test_context_full_is_reported_before_prefill_and_the_conversation_stays_usable(cobra):
@@ -64,7 +64,7 @@ def test_vanished_sessions_say_so_in_plain_words(cobra):
         with pytest.raises(SessionNotFound) as err:
             call()
         assert err.value.reason == "closed" and "closed" in err.value.user_message
-    assert not any(k[0] == "snapshot" for k in manager.store.entry_keys())
+    assert not any(k[0] == "snapshot" for k in entry_keys(manager.store.memory))
 
 
 def test_closing_a_session_with_a_reply_in_flight_stops_it(cobra):
@@ -74,7 +74,7 @@ def test_closing_a_session_with_a_reply_in_flight_stops_it(cobra):
     next(reply)
     manager.close_session(sid)
     assert reply.done and list(reply) == [] and manager.stats()["sessions"] == 0
-    assert not any(k[0] == "snapshot" for k in manager.store.entry_keys())
+    assert not any(k[0] == "snapshot" for k in entry_keys(manager.store.memory))
 
 
 def test_empty_messages_and_missing_turns(cobra):

@@ -9,7 +9,17 @@ from cobra_app.generation import SamplingParams
 from cobra_app.model.mamba import LayerState, MambaState
 from cobra_app.sessions import MemoryStore, SessionManager, SessionNotFound, Snapshot, measure_nbytes
 from tests.helpers import sample_image
-from tests.sessions.support import MESSAGES, drain, full_recompute, full_recompute_reply, sampled, state_rel_diff
+from tests.sessions.support import (
+    MESSAGES,
+    drain,
+    entry_keys,
+    full_recompute,
+    full_recompute_reply,
+    measured_bytes,
+    sampled,
+    session_of,
+    state_rel_diff,
+)
 
 
 def test_measure_nbytes_counts_whole_storages_once():
@@ -27,15 +37,16 @@ def test_store_is_lru_under_its_budget():
         assert store.put(key, torch.zeros(8))  # 32 bytes each
     assert store.get("a") is not None  # a is now the most recently used
     assert store.put("d", torch.zeros(8))  # evicts b
-    assert store.entry_keys() == ["c", "a", "d"] and store.evictions == 1 and store.bytes_in_use == 96
+    assert entry_keys(store) == ["c", "a", "d"] and store.evictions == 1 and store.bytes_in_use == 96
     assert not store.put("big", torch.zeros(26))  # 104 bytes > budget: refused, nothing evicted for it
-    assert store.oversized == 1 and store.entry_keys() == ["c", "a", "d"]
+    assert store.oversized == 1 and entry_keys(store) == ["c", "a", "d"]
     assert store.put("a", torch.zeros(16))  # replacing a value re-measures it
-    assert store.bytes_in_use == store.measured_bytes() == 96 and store.entry_keys() == ["d", "a"]
+    assert store.bytes_in_use == measured_bytes(store) == 96 and entry_keys(store) == ["d", "a"]
     assert store.put("e", torch.zeros(1))  # 100 bytes in all: fits exactly
     store.demote(["e", "d"])  # e goes first, then d
-    assert store.entry_keys() == ["e", "d", "a"]
-    store.discard_where(lambda k: k in ("a", "d", "e"))
+    assert entry_keys(store) == ["e", "d", "a"]
+    for key in "ade":
+        store.discard(key)
     assert store.bytes_in_use == 0 and len(store) == 0
 
 
@@ -56,7 +67,7 @@ def test_conversations_continue_through_rebuilds_and_bytes_stay_under_budget(cob
 
     def check_budget():
         stats = small.stats()
-        assert stats["bytes_in_use"] <= budget and small.store.measured_bytes() == stats["bytes_in_use"]
+        assert stats["bytes_in_use"] <= budget and measured_bytes(small.store.memory) == stats["bytes_in_use"]
 
     sids = {name: [m.open_session() for _ in images] for name, m in (("small", small), ("roomy", roomy))}
     for m, ss in ((small, sids["small"]), (roomy, sids["roomy"])):
@@ -85,7 +96,7 @@ def test_conversations_continue_through_rebuilds_and_bytes_stay_under_budget(cob
     if budget_states >= 1:
         assert stats["evictions"] > 0
     else:  # nothing fits: every turn rebuilds from the image, re-encoded each time
-        assert not any(k[0] in ("snapshot", "prefix") for k in small.store.entry_keys())
+        assert not any(k[0] in ("snapshot", "prefix") for k in entry_keys(small.store.memory))
         assert stats["oversized"] > 0 and stats["image_encodes"] > len(images)
     assert roomy.stats()["rebuilds"] == 0 and roomy.stats()["image_encodes"] == len(images)
 
@@ -103,7 +114,7 @@ def test_regenerate_and_edit_after_eviction_rebuild_from_history(cobra):
     drain(reply)
     assert not reply.stats.cache_hit and reply.stats.rebuilt_tokens > 0
     ids = manager.token_ids(sid)
-    turn = manager._sessions[sid].turns[-1]
+    turn = session_of(manager, sid).exchanges[-1]
     prompt = ids[: len(ids) - len(turn.reply_ids)]
     assert full_recompute_reply(cobra, image, prompt, sampled(2)) == turn.generated_ids
     drain(manager.send(other, "Hello", sampled(9)))
@@ -125,7 +136,7 @@ def test_idle_sessions_expire_and_free_their_memory(cobra):
     now[0] = 1000.0  # old: idle 1000 s > 600 s; fresh: idle 500 s
     stats = manager.stats()
     assert stats["sessions"] == 1
-    assert not any(k[0] == "snapshot" and k[1] == old for k in manager.store.entry_keys())
+    assert not any(k[0] == "snapshot" and k[1] == old for k in entry_keys(manager.store.memory))
     with pytest.raises(SessionNotFound) as err:
         manager.send(old, "Are you there?", SamplingParams(max_new_tokens=4))
     assert err.value.reason == "expired" and "expired after 10 minutes" in err.value.user_message

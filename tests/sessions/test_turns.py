@@ -15,6 +15,7 @@ from tests.sessions.support import (
     full_recompute_reply,
     rel_diff,
     sampled,
+    session_of,
     state_rel_diff,
 )
 
@@ -57,9 +58,9 @@ def test_six_turns_cached_equal_full_recompute(cobra, with_image, greedy):
     assert state_rel_diff(manager.snapshot(sid).state, full_state) < TOL
     assert manager.snapshot(sid).state.seqlen == full_state.seqlen == len(ids) + (16 if with_image else 0)
 
-    session = manager._sessions[sid]
+    session = session_of(manager, sid)
     pos = 0
-    for i, turn in enumerate(session.turns):
+    for i, turn in enumerate(session.exchanges):
         pos += len(turn.user_ids)
         assert len(turn_logits[i]) == len(turn.generated_ids) >= 1
         for j, logits in enumerate(turn_logits[i]):  # reply token j sits at pos + j, chosen from logits at pos + j - 1
@@ -87,10 +88,10 @@ def test_regenerate_restores_the_state_before_the_reply(cobra, image):
     manager.set_image(sid, image)
     _conversation(manager, sid, 2)
     drain(manager.send(sid, MESSAGES[2], sampled(7)))
-    original = manager._sessions[sid].turns[-1].generated_ids
+    original = session_of(manager, sid).exchanges[-1].generated_ids
     same = manager.regenerate(sid, sampled(7))
     drain(same)
-    assert manager._sessions[sid].turns[-1].generated_ids == original  # same seed, same start: same reply
+    assert session_of(manager, sid).exchanges[-1].generated_ids == original  # same seed, same start: same reply
     assert same.stats.prefill_tokens == 0 and same.stats.cache_hit
     for seed in (8, 9):
         reply = manager.regenerate(sid, sampled(seed, max_new_tokens=10))
@@ -98,7 +99,7 @@ def test_regenerate_restores_the_state_before_the_reply(cobra, image):
         assert len(manager.history(sid)) == 3 and manager.history(sid)[-1] == (MESSAGES[2], text)
         assert_state_is_full_recompute(manager, sid, cobra, image)
         ids = manager.token_ids(sid)
-        turn = manager._sessions[sid].turns[-1]
+        turn = session_of(manager, sid).exchanges[-1]
         prompt = ids[: len(ids) - len(turn.reply_ids)]
         assert full_recompute_reply(cobra, image, prompt, sampled(seed, max_new_tokens=10)) == turn.generated_ids
 
@@ -109,7 +110,7 @@ def test_undo_then_continue(cobra, image):
     manager.set_image(sid, image)
     _conversation(manager, sid, 3)
     ids_after_two = manager.token_ids(sid)[: sum(len(t.user_ids) + len(t.reply_ids)
-                                                 for t in manager._sessions[sid].turns[:2])]
+                                                 for t in session_of(manager, sid).exchanges[:2])]
     manager.undo(sid)
     assert len(manager.history(sid)) == 2 and manager.token_ids(sid) == ids_after_two
     assert_state_is_full_recompute(manager, sid, cobra, image)
@@ -140,7 +141,7 @@ def test_edit_restores_the_state_at_that_turn(cobra, image, turn_index):
     assert reply.stats.rebuilt_tokens == 0  # started from the saved state at that turn
     assert_state_is_full_recompute(manager, sid, cobra, image)
     ids = manager.token_ids(sid)
-    turn = manager._sessions[sid].turns[-1]
+    turn = session_of(manager, sid).exchanges[-1]
     prompt = ids[: len(ids) - len(turn.reply_ids)]
     assert full_recompute_reply(cobra, image, prompt, sampled(42)) == turn.generated_ids
     drain(manager.send(sid, "Continue.", sampled(43)))
@@ -157,7 +158,7 @@ def test_stop_mid_reply_keeps_the_partial_reply_and_the_next_turn_equals_full_re
     streamed = [next(reply) for _ in range(3)]
     manager.stop(sid)
     assert list(reply) == [] and reply.done and reply.stats.finish_reason == "stopped"
-    turn = manager._sessions[sid].turns[-1]
+    turn = session_of(manager, sid).exchanges[-1]
     assert 3 <= len(turn.generated_ids) < 40
     assert turn.reply_ids == turn.generated_ids + [cobra.turns.eos_id]
     assert manager.history(sid)[-1] == (MESSAGES[1], cobra.tokenizer.decode(turn.generated_ids,
@@ -168,7 +169,7 @@ def test_stop_mid_reply_keeps_the_partial_reply_and_the_next_turn_equals_full_re
     nxt = manager.send(sid, MESSAGES[2], sampled(5))
     drain(nxt)
     ids = manager.token_ids(sid)
-    last = manager._sessions[sid].turns[-1]
+    last = session_of(manager, sid).exchanges[-1]
     prompt = ids[: len(ids) - len(last.reply_ids)]
     assert turn.generated_ids == prompt[-len(turn.reply_ids) - len(last.user_ids): -len(last.user_ids) - 1]
     assert full_recompute_reply(cobra, image, prompt, sampled(5)) == last.generated_ids
@@ -209,7 +210,7 @@ def test_stop_from_another_thread_while_streaming(cobra, image):
     consumer.start()
     assert first.wait(30)
     manager.stop(sid)  # returns once the reply is saved
-    assert manager._sessions[sid].active is None
+    assert session_of(manager, sid).active is None
     consumer.join(30)
     assert not consumer.is_alive() and reply.stats.finish_reason in ("stopped", "eos")
     assert manager.history(sid)[0][1].startswith("".join(got))
@@ -225,7 +226,7 @@ def test_an_abandoned_reply_is_finished_by_the_next_call(cobra, image):
     del reply
     gc.collect()
     drain(manager.send(sid, MESSAGES[1], sampled(1)))  # no ReplyInProgress: the abandoned reply was closed
-    assert len(manager.history(sid)) == 2 and 1 <= len(manager._sessions[sid].turns[0].generated_ids) < 30
+    assert len(manager.history(sid)) == 2 and 1 <= len(session_of(manager, sid).exchanges[0].generated_ids) < 30
     assert_state_is_full_recompute(manager, sid, cobra, image)
     with manager.send(sid, MESSAGES[2], SamplingParams(max_new_tokens=30)) as reply:
         next(reply)

@@ -13,7 +13,7 @@ from cobra_app.sessions import SessionManager
 from cobra_app.ui.handlers import ChatHandlers
 from cobra_app.ui.params import ParamValues
 from tests.helpers import sample_image
-from tests.sessions.support import full_recompute, state_rel_diff
+from tests.sessions.support import entry_keys, full_recompute, measured_bytes, session_of, state_rel_diff
 from tests.ui.support import RecordingNotifier, last
 
 GREEDY = ParamValues(max_new_tokens=12)
@@ -136,8 +136,8 @@ def test_a_model_error_in_one_session_leaves_the_others_unchanged(tiny_cobra, im
         ui.close(sid)
     stats = ui.manager.stats()
     assert stats["sessions"] == stats["replies_in_flight"] == 0
-    assert {key[0] for key in ui.manager.store.entry_keys()} <= {"embeds", "prefix"}  # only per-image caches stay
-    assert stats["bytes_in_use"] == ui.manager.store.measured_bytes() <= image_bytes["n"]
+    assert {key[0] for key in entry_keys(ui.manager.store.memory)} <= {"embeds", "prefix"}  # only per-image caches stay
+    assert stats["bytes_in_use"] == measured_bytes(ui.manager.store.memory) <= image_bytes["n"]
     assert any(r.exc_info for r in caplog.records)  # the operator's log has the traceback; the user does not
     for record in caplog.records:  # (pytest keeps log records, whose tracebacks reference the failed call's states)
         record.exc_info = None
@@ -207,11 +207,11 @@ def test_a_session_evicted_while_it_replies_finishes_exactly(tiny_cobra, images,
     evictions = manager.stats()["evictions"]
     last(ui.send(images["B"], "Quick question?", b, GREEDY))  # B's image and states push A's out
     assert manager.stats()["evictions"] > evictions
-    a_keys = {("embeds", manager._sessions[a].image_key), ("prefix", manager._sessions[a].image_key)}
-    assert not a_keys & set(manager.store.entry_keys())  # A's image caches are gone while its reply streams
+    a_keys = {("embeds", session_of(manager, a).image_key), ("prefix", session_of(manager, a).image_key)}
+    assert not a_keys & set(entry_keys(manager.store.memory))  # A's image caches are gone while its reply streams
     last(stream)
     last(ui.send(images["B"], "Another one?", b, GREEDY))  # and again, now that A's reply is saved
-    assert not any(key[:2] == ("snapshot", a) for key in manager.store.entry_keys())
+    assert not any(key[:2] == ("snapshot", a) for key in entry_keys(manager.store.memory))
     rebuilds = manager.stats()["rebuilds"]
     last(ui.send(images["A"], "And then?", a, GREEDY))
     assert manager.stats()["rebuilds"] > rebuilds  # A's state was recomputed from its history, nothing lost
