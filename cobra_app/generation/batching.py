@@ -3,7 +3,9 @@
 Decoding a token reads every weight of the model once, whatever the batch size, so conversations that generate at
 the same time share that cost: `BatchedStepper.step` has the signature of `MambaLM.step` for one sequence, and the
 calls that arrive from other threads while a batch runs are stacked (states via `MambaState.stack`) into the next one.
-No timer and no waiting: a lone caller runs alone at once.
+No timer and no waiting: a lone caller runs alone at once. On CUDA the model's decode step replays CUDA graphs, one
+per batch size: the stepper has them captured for every batch size it can form (1..max_batch) when it is created,
+so that no capture runs while replies sample on the GPU from other threads.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class BatchedStepper:
         self._busy = False
         self.batches = 0  # batched steps run (for stats)
         self.rows = 0  # sequences stepped in them
+        capture = getattr(lm, "capture_step_graphs", None)  # MambaLM's; any object with `step` may stand in for it
+        with self.model_lock:
+            self.graph_batch_sizes: list[int] = capture(range(1, max_batch + 1)) if capture else []
 
     def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         request = _Request(input_ids.reshape(1), state)

@@ -10,6 +10,10 @@ and replays them with one call. Graphs read and write fixed addresses, so each c
 Inputs are copied in and outputs cloned out, so a graphed step keeps `MambaLM.step`'s contract (states are values:
 the state passed in is never modified, the one returned is the caller's own).
 
+Capture happens once per batch size, at start-up (`MambaLM.capture_step_graphs`, called by `BatchedStepper` for
+batch sizes 1..max_batch), so that no capture runs while replies sample on the GPU from other threads; it uses the
+"thread_local" capture mode, in which other threads' CUDA calls (allocations included) cannot invalidate a capture.
+
 `GraphedStep(step_fn, capture)` takes the capture strategy as a parameter: `capture_cuda_graph` on CUDA; tests on the
 CPU use `capture_eagerly`, which replays by calling the function again, to check the buffer logic against
 `MambaLM.step`. `python -m cobra_app.bench.cuda_check` compares the real graphs with eager steps on a GPU.
@@ -32,7 +36,9 @@ WARMUP_CALLS = 3  # eager calls before capture: lazy kernel initialisation and T
 
 
 def capture_cuda_graph(fn: Callable[[], StepOutput]) -> tuple[StepOutput, Callable[[], None]]:
-    """Warm up on a side stream, then record `fn` in a CUDA graph (PyTorch's recipe for capturing)."""
+    """Warm up on a side stream, then record `fn` in a CUDA graph (PyTorch's recipe for capturing). "thread_local":
+    only CUDA calls of this thread can invalidate the capture ("global", the default, fails on other threads'
+    allocations, e.g. replies sampling on the GPU outside the model lock)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -40,7 +46,7 @@ def capture_cuda_graph(fn: Callable[[], StepOutput]) -> tuple[StepOutput, Callab
             fn()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
         outputs = fn()
     return outputs, graph.replay
 
@@ -76,9 +82,9 @@ class _Captured:
 class GraphedStep:
     """`step_fn(ids [B], state) -> (logits [B, V], new state)` replayed from one capture per batch size.
 
-    step_fn must be a pure function of its inputs' values (MambaLM's eager step is). The first call for a batch size
-    captures; later calls copy, replay and clone. Not thread-safe: one decode step at a time per model, as the
-    session manager runs them.
+    step_fn must be a pure function of its inputs' values (MambaLM's eager step is). A batch size is captured by
+    `prepare` or else by its first call; calls copy, replay and clone. Not thread-safe: one decode step or capture
+    at a time per model, as the session manager runs them (under its model lock).
     """
 
     def __init__(self, step_fn: Callable[[Tensor, Any], StepOutput], capture: Capture = capture_cuda_graph):
@@ -93,6 +99,11 @@ class GraphedStep:
         new_state = entry.new_state.clone()
         new_state.seqlen = state.seqlen + 1
         return entry.logits.clone(), new_state
+
+    def prepare(self, input_ids: Tensor, state: Any) -> None:
+        """Capture the step for input_ids' batch size now unless it is captured (the inputs serve as examples)."""
+        if input_ids.shape[0] not in self._captured:
+            self._capture(input_ids, state)
 
     @property
     def batch_sizes(self) -> list[int]:

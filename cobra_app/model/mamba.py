@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -347,9 +348,25 @@ class MambaLM(nn.Module):
 
         On CUDA, outside autograd, the step is replayed from a CUDA graph captured once per batch size
         (`cuda_graph.GraphedStep`, same results as the eager step); COBRA_CUDA_GRAPHS=0 turns this off."""
-        if input_ids.is_cuda and not torch.is_grad_enabled() and os.environ.get("COBRA_CUDA_GRAPHS", "1") != "0":
+        if self._graphs_enabled(input_ids.device) and not torch.is_grad_enabled():
             return self._graphed_step()(input_ids, state)
         return self.eager_step(input_ids, state)
+
+    def capture_step_graphs(self, batch_sizes: Iterable[int]) -> list[int]:
+        """Capture the graphed step for each batch size now (at start-up), so that no capture runs while replies
+        are generating. Returns the batch sizes captured: [] where `step` uses no graphs (CPU, COBRA_CUDA_GRAPHS=0).
+        Each keeps static input and output states and a memory pool (`bench.cuda_check` reports their total)."""
+        if not self._graphs_enabled(self.device):
+            return []
+        graphed = self._graphed_step()
+        with torch.no_grad():
+            for batch in batch_sizes:
+                graphed.prepare(torch.zeros(batch, dtype=torch.long, device=self.device), self.initial_state(batch))
+        return graphed.batch_sizes
+
+    @staticmethod
+    def _graphs_enabled(device: torch.device) -> bool:
+        return device.type == "cuda" and os.environ.get("COBRA_CUDA_GRAPHS", "1") != "0"
 
     def eager_step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """`step` without CUDA graphs: one forward pass over a one-token chunk."""

@@ -8,6 +8,7 @@ import torch
 
 from cobra_app.generation.batching import BatchedStepper
 from cobra_app.model.mamba import MambaConfig, MambaLM
+from tests.model.test_cuda_graph import graphs_on_cpu  # noqa: F401 - a fixture
 
 CFG = MambaConfig(d_model=32, n_layer=2, vocab_size=97, d_state=8)
 
@@ -144,3 +145,55 @@ def test_an_error_caused_by_one_conversation_reaches_only_that_conversation(lm):
         logits, new_state = outcomes[token]
         ref, ref_state = lm.step(torch.tensor([token]), state)
         assert torch.allclose(logits, ref, rtol=1e-5, atol=1e-6) and new_state.max_abs_diff(ref_state) <= 1e-5
+
+
+def test_the_stepper_captures_every_batch_size_at_start_up_under_the_model_lock():
+    """Graph capture must not run while replies are sampling on the GPU from other threads: every batch size the
+    stepper can form is captured when it is created, holding the model lock."""
+    events = []
+
+    class Lock:
+        def __enter__(self):
+            events.append("lock")
+
+        def __exit__(self, *exc):
+            events.append("unlock")
+
+    class GraphedLM:
+        def capture_step_graphs(self, batch_sizes):
+            events.append(list(batch_sizes))
+            return events[-1]
+
+    stepper = BatchedStepper(GraphedLM(), max_batch=5, model_lock=Lock())
+    assert events == ["lock", [1, 2, 3, 4, 5], "unlock"] and stepper.graph_batch_sizes == [1, 2, 3, 4, 5]
+
+
+def test_no_capture_while_serving_concurrent_samplers(lm, graphs_on_cpu):
+    """MambaLM with (eagerly captured) graphs on the CPU: after start-up, six concurrent replies that sample between
+    steps cause no capture, and each equals its unbatched decode."""
+    stepper = BatchedStepper(lm, max_batch=4)
+    assert stepper.graph_batch_sizes == [1, 2, 3, 4] and len(graphs_on_cpu) == 4
+    prompts = [torch.randint(0, 97, (1, 4 + i), generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    results = {}
+
+    def run(i):
+        g = torch.Generator().manual_seed(100 + i)
+        with torch.no_grad():
+            logits, state = lm(prompts[i])
+        token, out = logits[:, -1].argmax(-1), []
+        for _ in range(8):
+            logits, state = stepper.step(token, state)
+            torch.multinomial(torch.softmax(logits, -1), 1, generator=g)  # sampling work between steps
+            out.append(logits)
+            token = logits.argmax(-1)
+        results[i] = torch.cat(out)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(graphs_on_cpu) == 4
+    for i, prompt in enumerate(prompts):
+        ref, _ = decode_alone(lm, prompt, 8)
+        assert ((results[i] - ref).abs().max() / ref.abs().max()).item() <= 1e-5

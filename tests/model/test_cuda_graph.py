@@ -1,10 +1,14 @@
 """GraphedStep's buffer logic, checked on the CPU with `capture_eagerly` (the CUDA capture itself is checked on a GPU by
 `python -m cobra_app.bench.cuda_check`, and by the last test here where CUDA is available)."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
-from cobra_app.model.cuda_graph import GraphedStep, capture_eagerly
+from cobra_app.model import mamba
+from cobra_app.model.cuda_graph import WARMUP_CALLS, GraphedStep, capture_cuda_graph, capture_eagerly
+from cobra_app.model.mamba import MambaLM
 from tests.model.test_mamba import TINY, tiny_lm
 
 
@@ -72,3 +76,87 @@ def test_cuda_graph_steps_equal_eager_steps_on_cuda():
     assert hasattr(lm, "_graphs")
     for got, ref in zip(logits, ref_logits, strict=True):
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_prepare_captures_a_batch_size_once_and_calls_then_only_replay():
+    lm = tiny_lm()
+    captures = []
+
+    def counting_capture(fn):
+        captures.append(1)
+        return capture_eagerly(fn)
+
+    graphed = GraphedStep(lm.eager_step, capture=counting_capture)
+    with torch.no_grad():
+        for batch in (1, 2, 2):
+            graphed.prepare(torch.zeros(batch, dtype=torch.long), lm.initial_state(batch))
+        _, state = lm(torch.tensor([[5, 6], [7, 8]]))
+        logits, _ = graphed(torch.tensor([1, 2]), state)
+        ref, _ = lm.eager_step(torch.tensor([1, 2]), state)
+    assert len(captures) == 2 and graphed.batch_sizes == [1, 2] and torch.equal(logits, ref)
+
+
+@pytest.fixture
+def graphs_on_cpu(monkeypatch):
+    """MambaLM's graphed step on the CPU, captured eagerly: the captures made are counted in the returned list."""
+    captures = []
+
+    def counting_capture(fn):
+        captures.append(1)
+        return capture_eagerly(fn)
+
+    monkeypatch.setattr(MambaLM, "_graphs_enabled", staticmethod(lambda device: True))
+    monkeypatch.setattr(mamba, "GraphedStep", lambda step_fn: GraphedStep(step_fn, capture=counting_capture))
+    return captures
+
+
+def test_capture_step_graphs_captures_each_batch_size_then_steps_only_replay(graphs_on_cpu):
+    lm = tiny_lm()
+    assert lm.capture_step_graphs(range(1, 5)) == [1, 2, 3, 4] and len(graphs_on_cpu) == 4
+    ids = torch.randint(0, TINY.vocab_size, (3, 10), generator=torch.Generator().manual_seed(3))
+    logits, _ = decode(lm.step, lm, ids, prompt_len=6)
+    ref_logits, _ = decode(lm.eager_step, lm, ids, prompt_len=6)
+    assert len(graphs_on_cpu) == 4 and all(torch.equal(a, b) for a, b in zip(logits, ref_logits, strict=True))
+
+
+def test_no_graphs_to_capture_on_cpu_or_when_turned_off(monkeypatch):
+    lm = tiny_lm()
+    assert lm.capture_step_graphs(range(1, 9)) == [] and not hasattr(lm, "_graphs")
+    monkeypatch.setenv("COBRA_CUDA_GRAPHS", "0")
+    assert not MambaLM._graphs_enabled(torch.device("cuda"))
+
+
+def test_cuda_capture_runs_in_thread_local_mode(monkeypatch):
+    """"global" capture fails on any other thread's CUDA allocation, as replies sampling outside the model lock make;
+    the capture is recorded with "thread_local" (checked here on stand-ins of torch.cuda's stream and graph API)."""
+    recorded = {}
+
+    class FakeGraph:
+        replay = "replay"
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+    class FakeCapture:
+        def __init__(self, graph, **kwargs):
+            recorded.update(kwargs)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", FakeCapture)
+    calls = []
+    outputs, replay = capture_cuda_graph(lambda: calls.append(1) or ("logits", "state"))
+    assert recorded == {"capture_error_mode": "thread_local"}
+    assert outputs == ("logits", "state") and replay == "replay" and len(calls) == WARMUP_CALLS + 1

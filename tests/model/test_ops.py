@@ -1,11 +1,17 @@
 """The PyTorch Mamba operators against naive per-step references, from zero and non-zero states."""
 
+import logging
+import sys
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import cobra_app.model.ops as ops_package
 from cobra_app.model.ops import TORCH_OPS, get_ops
 from cobra_app.model.ops import torch_ops
+from tests.model.kernel_standins import import_cuda_ops
 
 
 def naive_scan(u, delta, A, B, C, D, z, delta_bias, s0):
@@ -103,3 +109,65 @@ def test_cpu_ops_selection():
     """The compiled CPU kernel where it builds, plain PyTorch when kernels are not preferred."""
     assert get_ops("cpu", prefer_kernels=False) is TORCH_OPS
     assert get_ops("cpu").name in {"cpu-kernel", "torch"}
+
+
+@pytest.fixture
+def fresh_selection():
+    """`cuda_kernel_ops` and the ops-path log line are cached per process: cleared before and after the test."""
+    ops_package.cuda_kernel_ops.cache_clear()
+    ops_package._announce.cache_clear()
+    yield
+    ops_package.cuda_kernel_ops.cache_clear()
+    ops_package._announce.cache_clear()
+
+
+def broken_package(name: str, error: Exception) -> types.ModuleType:
+    """A module whose every attribute lookup raises `error`, as a package failing inside its own imports does."""
+    module = types.ModuleType(name)
+
+    def fail(attr):
+        raise error
+
+    module.__getattr__ = fail
+    return module
+
+
+@pytest.mark.parametrize("on_cuda_machine", [False, True])
+def test_kernels_not_installed_is_info(fresh_selection, monkeypatch, caplog, on_cuda_machine):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: on_cuda_machine)
+    monkeypatch.setitem(sys.modules, "causal_conv1d", None)  # import raises ModuleNotFoundError(name=causal_conv1d)
+    with caplog.at_level(logging.INFO, logger="cobra_app.model.ops"):
+        assert ops_package.cuda_kernel_ops() is None
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Triton: 0 active drivers"),
+                                   ImportError("selective_scan_cuda.so: undefined symbol"),
+                                   ModuleNotFoundError("No module named 'tilelang'", name="tilelang")])
+def test_installed_kernels_failing_to_import_on_a_cuda_machine_warn(fresh_selection, monkeypatch, caplog, error):
+    """mamba-ssm 2.3 imports Mamba2/Mamba3 and their Triton/TileLang kernels with the package: an error there, or an
+    extension built for another torch, silently put a GPU on the slower PyTorch ops with an INFO line."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "causal_conv1d", broken_package("causal_conv1d", error))
+    with caplog.at_level(logging.INFO, logger="cobra_app.model.ops"):
+        assert ops_package.cuda_kernel_ops() is None
+        assert get_ops("cuda") is TORCH_OPS
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+    assert type(error).__name__ in caplog.records[0].getMessage()
+    assert caplog.records[1].getMessage() == "Mamba ops path: torch on cuda"
+
+
+def test_the_same_failure_without_a_gpu_is_info(fresh_selection, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "causal_conv1d", broken_package("causal_conv1d", RuntimeError("no driver")))
+    with caplog.at_level(logging.INFO, logger="cobra_app.model.ops"):
+        assert ops_package.cuda_kernel_ops() is None
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+
+
+def test_importable_kernels_are_selected_on_cuda_and_the_path_is_logged(fresh_selection, monkeypatch, caplog):
+    module, _ = import_cuda_ops(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="cobra_app.model.ops"):
+        ops = get_ops("cuda")
+    assert ops.name == "cuda-kernels" and ops.selective_scan is module.selective_scan
+    assert caplog.records[-1].getMessage() == "Mamba ops path: cuda-kernels on cuda"

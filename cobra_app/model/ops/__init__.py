@@ -49,12 +49,18 @@ TORCH_OPS = MambaOps("torch", torch_ops.causal_conv1d, torch_ops.selective_scan)
 
 
 @cache
-def cuda_ops() -> MambaOps | None:
-    """The CUDA kernels, or None when `mamba_ssm`/`causal_conv1d` cannot be imported (no CUDA, not installed)."""
+def cuda_kernel_ops() -> MambaOps | None:
+    """The CUDA kernels, or None when `mamba_ssm`/`causal_conv1d` cannot be imported. Logged at INFO where they are
+    simply not installed or there is no GPU, as a WARNING on a CUDA machine where they are installed but fail to
+    import (an extension built for another torch, a missing dependency, mamba-ssm 2.3 importing Mamba2/Mamba3 and
+    their Triton/TileLang kernels at package import): the model then runs on the slower PyTorch ops."""
     try:
         from cobra_app.model.ops import cuda_ops as kernels
-    except Exception as exc:  # ImportError, or the compiled extension failing to load without CUDA
-        log.info("mamba-ssm/causal-conv1d kernels unavailable (%s: %s)", type(exc).__name__, exc)
+    except Exception as exc:  # ImportError, or anything a package raises while importing
+        not_installed = isinstance(exc, ModuleNotFoundError) and exc.name in ("causal_conv1d", "mamba_ssm")
+        level = logging.WARNING if torch.cuda.is_available() and not not_installed else logging.INFO
+        log.log(level, "mamba-ssm/causal-conv1d kernels unavailable, CUDA runs the PyTorch ops (%s: %s)",
+                type(exc).__name__, exc)
         return None
     return MambaOps("cuda-kernels", kernels.causal_conv1d, kernels.selective_scan)
 
@@ -75,7 +81,7 @@ def _cpu_kernel_ops() -> MambaOps | None:
 
 
 # device type -> the compiled operators for it (None where they are unavailable)
-KERNELS: dict[str, Callable[[], MambaOps | None]] = {"cuda": cuda_ops, "cpu": _cpu_kernel_ops}
+KERNELS: dict[str, Callable[[], MambaOps | None]] = {"cuda": cuda_kernel_ops, "cpu": _cpu_kernel_ops}
 
 
 def get_ops(device: torch.device | str, prefer_kernels: bool = True) -> MambaOps:
