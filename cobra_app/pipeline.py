@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -81,6 +81,11 @@ class Cobra:
     def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """Decode one token per sequence: input_ids [B] -> (logits [B, V] fp32, new state)."""
         return self.vlm.llm.step(input_ids, state)
+
+    def capture_step_graphs(self, batch_sizes: Iterable[int]) -> list[int]:
+        """Capture the CUDA graphs of `step` for these batch sizes now (`MambaLM.capture_step_graphs`): the sessions'
+        `BatchedStepper` does so when it is created. Returns the sizes captured ([] on CPU)."""
+        return self.vlm.llm.capture_step_graphs(batch_sizes)
 
     @torch.no_grad()
     def read_prompt(self, image: ImageInput, question: str) -> tuple[Tensor, MambaState, list[int]]:

@@ -7,6 +7,7 @@ from cobra_app import load
 from cobra_app.generation import SamplingParams
 from cobra_app.loading import save_model_dir
 from tests.helpers import make_tiny_vlm, sample_image
+from tests.model.test_cuda_graph import graphs_on_cpu  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +56,14 @@ def test_image_path_is_accepted(cobra, tmp_path):
     path = tmp_path / "img.png"
     sample_image().save(path)
     assert torch.equal(cobra.encode_image(path), cobra.encode_image(sample_image()))
+
+
+def test_a_session_manager_has_the_decode_graphs_captured_for_every_batch_size(cobra, graphs_on_cpu):
+    """On CUDA, decode steps replay graphs: the sessions' BatchedStepper has `Cobra.capture_step_graphs` capture
+    batch sizes 1..max_batch when the manager is created (here on the CPU, captured eagerly), not while serving."""
+    from cobra_app.sessions import SessionManager
+
+    assert cobra.capture_step_graphs([]) == []  # nothing captured yet
+    SessionManager(cobra, max_batch=3)
+    assert len(graphs_on_cpu) == 3 and cobra.capture_step_graphs(range(1, 4)) == [1, 2, 3]
+    assert len(graphs_on_cpu) == 3

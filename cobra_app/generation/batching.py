@@ -47,7 +47,7 @@ class BatchedStepper:
         self._busy = False
         self.batches = 0  # batched steps run (for stats)
         self.rows = 0  # sequences stepped in them
-        capture = getattr(lm, "capture_step_graphs", None)  # MambaLM's; any object with `step` may stand in for it
+        capture = getattr(lm, "capture_step_graphs", None)  # MambaLM and pipeline.Cobra have it; a bare StepLM not
         with self.model_lock:
             self.graph_batch_sizes: list[int] = capture(range(1, max_batch + 1)) if capture else []
 

@@ -6,14 +6,16 @@ kernels have no backward at all.
 
 Continuing from a saved state with a multi-token chunk:
 - conv: the saved last K-1 inputs are prepended to the chunk and their K-1 outputs dropped. (`causal_conv1d_fn` can
-  start from `initial_states`, but only for channel-last input with D and the strides multiples of 8; prepending
-  works for every layout and width at the same cost in copies, so one path serves all.)
+  start from `initial_states`, but only for channel-last input with D and the strides multiples of 8: that path would
+  still need this one for other inputs, to save one [B, D, L] copy, small next to the scan.)
 - scan: Mamba-1's `selective_scan_fn` takes no start state. It runs from zero and, when the saved state s_0 is not
   zero, s_0's contribution is added in closed form (the recurrence is linear in s), in fp32 before the one rounding
   of y to u's dtype, a block of time steps at a time:
-      y_t += C_t . (exp(A sum_{k<=t} delta_k) * s_0) * silu(z_t),   s_L += exp(A sum_k delta_k) * s_0.
-Every sequence tensor reaches a kernel contiguous and 16-byte aligned: the kernels switch to 16-byte vector loads
-when L is a multiple of their chunk (128, 256, 512, 1024 or 2048 time steps for the scan) and check only unit stride.
+      y_t += C_t . (exp(A sum_{k<=t} dt_k) * s_0) * silu(z_t),   s_L += exp(A sum_k dt_k) * s_0,
+  with dt = softplus(delta + delta_bias).
+Every sequence tensor reaches a multi-token kernel contiguous and 16-byte aligned: the kernels switch to 16-byte
+vector loads when L is a multiple of their chunk (128, 256, 512, 1024 or 2048 steps for the scan) and check only unit
+stride, not alignment (`selective_scan_fwd_kernel.cuh`).
 
 This module imports the kernels at import time; `cobra_app.model.ops` imports it only when they are available.
 """
@@ -48,7 +50,7 @@ def records_grad(*tensors: Tensor) -> bool:
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor]:
-    """x [B, D, L]; weight [D, K]; bias [D]; conv_state [B, D, K] -> (silu(conv) [B, D, L], new conv_state [B, D, K])."""
+    """x [B, D, L]; weight [D, K]; bias [D]; conv_state [B, D, K] -> (silu(conv) [B, D, L], new conv_state)."""
     if records_grad(x, weight, bias, conv_state):
         return torch_ops.causal_conv1d(x, weight, bias, conv_state)
     k = weight.shape[-1]
