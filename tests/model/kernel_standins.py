@@ -3,13 +3,13 @@
 Each stand-in has its kernel's signature, checks what the library's C++ checks (dtypes, layouts), records the tensors
 it received (the tests then check contiguity and alignment, which the real kernels need at some lengths but do not
 check), and computes its kernel's result with the PyTorch ops, decode kernels updating their state in place.
-`import_cuda_ops(monkeypatch)` imports the module against empty stand-in packages, then points its kernel names at a
-`Kernels` recorder.
+`import_cuda_ops(monkeypatch)` imports a copy of the module against empty stand-in packages, then points its kernel
+names at a `Kernels` recorder.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import sys
 import types
 
@@ -87,18 +87,16 @@ class Kernels:
 
 
 def import_cuda_ops(monkeypatch) -> tuple[types.ModuleType, Kernels]:
-    """`cobra_app.model.ops.cuda_ops` imported against stand-in packages, its kernels recorded by a new `Kernels`.
-    Everything (sys.modules, the package attribute) is restored when the test ends."""
-    import cobra_app.model.ops as ops_package
-
+    """A fresh copy of `cobra_app.model.ops.cuda_ops` (not registered in sys.modules), imported against stand-in
+    packages, its kernel names pointing at a new `Kernels` recorder. The packages go when the test ends."""
     for name, attrs in KERNEL_MODULES.items():
         module = types.ModuleType(name)
         for attr in attrs:
             setattr(module, attr, None)
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delitem(sys.modules, "cobra_app.model.ops.cuda_ops", raising=False)
-    monkeypatch.setattr(ops_package, "cuda_ops", None, raising=False)  # the import sets it; removed afterwards
-    module = importlib.import_module("cobra_app.model.ops.cuda_ops")
+    spec = importlib.util.find_spec("cobra_app.model.ops.cuda_ops")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     kernels = Kernels()
     for attrs in KERNEL_MODULES.values():
         for attr in attrs:

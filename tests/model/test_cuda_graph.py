@@ -24,6 +24,17 @@ def decode(step, lm, ids: torch.Tensor, prompt_len: int) -> tuple[list[torch.Ten
     return logits_seen, states_seen
 
 
+def counting_eager_capture():
+    """(a list that gets one entry per capture, `capture_eagerly` counting into it)."""
+    captures = []
+
+    def counting_capture(fn):
+        captures.append(1)
+        return capture_eagerly(fn)
+
+    return captures, counting_capture
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_graphed_steps_equal_eager_steps_and_return_values_the_caller_owns(batch):
     lm = tiny_lm()
@@ -41,12 +52,7 @@ def test_graphed_steps_equal_eager_steps_and_return_values_the_caller_owns(batch
 
 def test_one_capture_per_batch_size_and_the_input_state_is_not_modified():
     lm = tiny_lm()
-    captures = []
-
-    def counting_capture(fn):
-        captures.append(1)
-        return capture_eagerly(fn)
-
+    captures, counting_capture = counting_eager_capture()
     graphed = GraphedStep(lm.eager_step, capture=counting_capture)
     with torch.no_grad():
         _, pair = lm(torch.randint(0, TINY.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0)))
@@ -80,12 +86,7 @@ def test_cuda_graph_steps_equal_eager_steps_on_cuda():
 
 def test_prepare_captures_a_batch_size_once_and_calls_then_only_replay():
     lm = tiny_lm()
-    captures = []
-
-    def counting_capture(fn):
-        captures.append(1)
-        return capture_eagerly(fn)
-
+    captures, counting_capture = counting_eager_capture()
     graphed = GraphedStep(lm.eager_step, capture=counting_capture)
     with torch.no_grad():
         for batch in (1, 2, 2):
@@ -99,12 +100,7 @@ def test_prepare_captures_a_batch_size_once_and_calls_then_only_replay():
 @pytest.fixture
 def graphs_on_cpu(monkeypatch):
     """MambaLM's graphed step on the CPU, captured eagerly: the captures made are counted in the returned list."""
-    captures = []
-
-    def counting_capture(fn):
-        captures.append(1)
-        return capture_eagerly(fn)
-
+    captures, counting_capture = counting_eager_capture()
     monkeypatch.setattr(MambaLM, "_graphs_enabled", staticmethod(lambda device: True))
     monkeypatch.setattr(mamba, "GraphedStep", lambda step_fn: GraphedStep(step_fn, capture=counting_capture))
     return captures

@@ -167,6 +167,7 @@ def test_the_same_failure_without_a_gpu_is_info(fresh_selection, monkeypatch, ca
 
 def test_importable_kernels_are_selected_on_cuda_and_the_path_is_logged(fresh_selection, monkeypatch, caplog):
     module, _ = import_cuda_ops(monkeypatch)
+    monkeypatch.setitem(sys.modules, "cobra_app.model.ops.cuda_ops", module)  # what a successful import finds
     with caplog.at_level(logging.INFO, logger="cobra_app.model.ops"):
         ops = get_ops("cuda")
     assert ops.name == "cuda-kernels" and ops.selective_scan is module.selective_scan
