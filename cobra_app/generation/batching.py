@@ -10,7 +10,9 @@ so that no capture runs while replies sample on the GPU from other threads.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -19,6 +21,8 @@ from torch import Tensor
 
 from cobra_app.generation.decode import StepLM
 from cobra_app.model.mamba import MambaState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,8 +52,12 @@ class BatchedStepper:
         self.batches = 0  # batched steps run (for stats)
         self.rows = 0  # sequences stepped in them
         capture = getattr(lm, "capture_step_graphs", None)  # MambaLM and pipeline.Cobra have it; a bare StepLM not
+        start = time.perf_counter()
         with self.model_lock:
             self.graph_batch_sizes: list[int] = capture(range(1, max_batch + 1)) if capture else []
+        if self.graph_batch_sizes:
+            log.info("decode-step CUDA graphs captured for batch sizes %s in %.1f s", self.graph_batch_sizes,
+                     time.perf_counter() - start)
 
     def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         request = _Request(input_ids.reshape(1), state)

@@ -1,5 +1,6 @@
 """BatchedStepper: concurrent one-token steps stacked into one model step give each caller its own exact result."""
 
+import logging
 import threading
 import time
 
@@ -147,7 +148,7 @@ def test_an_error_caused_by_one_conversation_reaches_only_that_conversation(lm):
         assert torch.allclose(logits, ref, rtol=1e-5, atol=1e-6) and new_state.max_abs_diff(ref_state) <= 1e-5
 
 
-def test_the_stepper_captures_every_batch_size_at_start_up_under_the_model_lock():
+def test_the_stepper_captures_every_batch_size_at_start_up_under_the_model_lock(caplog):
     """Graph capture must not run while replies are sampling on the GPU from other threads: every batch size the
     stepper can form is captured when it is created, holding the model lock."""
     events = []
@@ -164,8 +165,10 @@ def test_the_stepper_captures_every_batch_size_at_start_up_under_the_model_lock(
             events.append(list(batch_sizes))
             return events[-1]
 
-    stepper = BatchedStepper(GraphedLM(), max_batch=5, model_lock=Lock())
+    with caplog.at_level(logging.INFO, logger="cobra_app.generation.batching"):
+        stepper = BatchedStepper(GraphedLM(), max_batch=5, model_lock=Lock())
     assert events == ["lock", [1, 2, 3, 4, 5], "unlock"] and stepper.graph_batch_sizes == [1, 2, 3, 4, 5]
+    assert "CUDA graphs captured for batch sizes [1, 2, 3, 4, 5]" in caplog.text
 
 
 def test_no_capture_while_serving_concurrent_samplers(lm, graphs_on_cpu):
