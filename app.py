@@ -26,7 +26,8 @@ def build(cfg):
     from cobra_app.ui.params import ParamLimits
     from cobra_app.serving.model_choice import choose_model
 
-    choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype)
+    choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
+                          vision=cfg.vision_weights)
     manager = SessionManager(choice.cobra, memory_budget_bytes=cfg.memory_budget, idle_timeout_s=cfg.idle_timeout)
     handlers = ChatHandlers(manager, image_limits=ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels),
                             param_limits=ParamLimits(max_new_tokens=cfg.max_new_tokens), notifier=GradioNotifier())

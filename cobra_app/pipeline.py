@@ -1,11 +1,14 @@
-"""The researcher's API: load a model, ask about an image, generate or score, in a few lines.
+"""The one public model object and its loader: load a model, ask about an image, generate or score, in a few lines.
 
     from cobra_app import load
     cobra = load("cobra+3b")                                   # or "assets/demo-model", a hub path, a run dir
+    cobra = load("runs/my-run", llm="models/mamba-2.8b-zephyr", vision="models/vision")   # a run, offline
     print(cobra.generate("photo.jpg", "What is in the image?"))
     print(cobra.score("photo.jpg", "Is there a dog in the image?"))   # {'Yes': 0.91, 'No': 0.09}
 
-Single-turn, stateless calls. Multi-turn conversations with cached state live in `cobra_app.sessions`.
+`Cobra` is what every part of the app holds (sessions, UI, CLI, probe, bench): the network (`.vlm`, a `CobraVLM`
+nn.Module, see `model/cobra.py` for why the network is a separate object), its tokenizer, prompt format and source.
+Its own calls are single-turn and stateless; multi-turn conversations with cached state live in `cobra_app.sessions`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from cobra_app.generation import Decoder, SamplingParams, TextStreamer, get_answer_pair
-from cobra_app.loading import LoadedModel
-from cobra_app.loading import load as load_model
+from cobra_app.loading import read_model
+from cobra_app.model.cobra import CobraConfig, CobraVLM
 from cobra_app.model.mamba import MambaState
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
 
@@ -29,16 +33,16 @@ ImageInput = Image.Image | str | Path | None
 
 
 class Cobra:
-    """A loaded Cobra model with its tokenizer and prompt format."""
+    """A Cobra model ready for inference: the network, its tokenizer, its prompt format, and where it came from."""
 
-    def __init__(self, loaded: LoadedModel):
-        self.vlm = loaded.vlm
-        self.tokenizer = loaded.tokenizer
-        self.source = loaded.source
-        self.turns = TurnTokenizer(loaded.tokenizer, get_prompt_builder(loaded.config.prompt_format))
+    def __init__(self, vlm: CobraVLM, tokenizer: PreTrainedTokenizerBase, source: str):
+        self.vlm = vlm
+        self.tokenizer = tokenizer
+        self.source = source
+        self.turns = TurnTokenizer(tokenizer, get_prompt_builder(vlm.config.prompt_format))
 
     @property
-    def config(self):
+    def config(self) -> CobraConfig:
         return self.vlm.config
 
     @property
@@ -125,6 +129,19 @@ class Cobra:
         return dict(zip(pair.words, pair.probs(logits, self.turns)))
 
 
-def load(source: str | Path = "cobra+3b", device: str = "auto", dtype: str | torch.dtype = "auto") -> Cobra:
-    """Load a model by registry id (`cobra+3b`), hub path, run directory or self-contained model directory."""
-    return Cobra(load_model(source, device=device, dtype=dtype))
+def load(
+    source: str | Path = "cobra+3b",
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    *,
+    llm: str | Path | None = None,
+    vision: str | Path | None = None,
+) -> Cobra:
+    """Load a model by registry id (`cobra+3b`), hub path, run directory or self-contained model directory, for
+    inference on `device` ("auto": CUDA when present) in `dtype` ("auto": bf16 on CUDA and for large models on CPU).
+
+    For a run in the release layout, `llm` is a local mamba_ssm-format LLM directory (config.json + tokenizer files)
+    or a hub repo, in place of the backbone's hub repo; `vision` a directory of timm-format safetensors, one per
+    vision tower (`<timm model name>.safetensors`), or a hub cache holding them, in place of timm's hub."""
+    vlm, tokenizer = read_model(source, llm=llm, vision=vision, device=device, dtype=dtype)
+    return Cobra(vlm, tokenizer, str(source))

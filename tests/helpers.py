@@ -96,3 +96,47 @@ def sample_image(width: int = 45, height: int = 30, seed: int = 0):
     y, x = np.mgrid[0:height, 0:width]
     pixels = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), rng.integers(0, 256, (height, width))], -1)
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
+
+
+# --- release-layout runs and an offline hub cache (nothing is ever downloaded) ---------------------------------------
+TINY_LLM_BACKBONE, TINY_LLM_REPO = "tiny-mamba-zephyr", "tiny/mamba-zephyr"
+
+
+def refuse_network(monkeypatch) -> list:
+    """Record and refuse every attempt to resolve a host name or open a connection (a refused call alone could be
+    retried or swallowed by a library: tests assert the returned list stays empty)."""
+    import socket
+
+    attempts: list = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted in a test")
+
+    for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"), (socket, "create_connection"),
+                        (socket, "getaddrinfo")):
+        monkeypatch.setattr(owner, name, refuse)
+    return attempts
+
+
+def offline_hub_cache(monkeypatch, cache) -> None:
+    """huggingface_hub (and timm through it) reads `cache` as its hub cache, offline, as with HF_HUB_OFFLINE=1."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def register_tiny_llm(monkeypatch) -> None:
+    """The tiny LLM backbone in the registry, its config and tokenizer said to be in the hub repo TINY_LLM_REPO."""
+    from cobra_app.loading.registry import LLM_BACKBONES, LLMBackboneSpec
+
+    monkeypatch.setitem(LLM_BACKBONES, TINY_LLM_BACKBONE, LLMBackboneSpec(TINY_LLM_REPO, TINY_LLM_REPO, "zephyr"))
+
+
+def publish_tiny_llm(monkeypatch, cache, vlm, tokenizer) -> None:
+    """Register the tiny LLM backbone and put its mamba_ssm config and tokenizer in the hub cache, as the hub would."""
+    from cobra_app.bench.release_run import write_llm_repo
+
+    register_tiny_llm(monkeypatch)
+    write_llm_repo(cache, TINY_LLM_REPO, vlm.config.llm, tokenizer)

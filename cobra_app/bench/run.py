@@ -1,4 +1,5 @@
-"""Speed benchmark: `python -m cobra_app bench [--model random:cobra+3b|PATH] [--dtype bfloat16] [--out DIR]`.
+"""Speed benchmark: `python -m cobra_app bench [--model random:cobra+3b|PATH] [--dtype bfloat16] [--out DIR]`
+(a release-layout run's own files: `--llm DIR`, `--vision-weights DIR`).
 
 Measures in one run, on one model: the machine's ceilings (matmul GFLOP/s, copy GB/s), image encoding, prefill and
 decode speed, time to first token per turn over a multi-turn chat with sessions versus the release's way (re-encode
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from cobra_app.bench.ceilings import copy_case, interleaved_seconds, matmul_case, matmul_gflops, median_seconds
-from cobra_app.loading import LoadedModel
+from cobra_app.cli.model_files import add_model_file_options, model_file_options
 from cobra_app.model.mamba import MambaState
 from cobra_app.pipeline import Cobra, load
 
@@ -44,10 +45,10 @@ class Results:
         return value
 
 
-def build_model(spec: str, device: str, dtype: str) -> Cobra:
+def build_model(spec: str, device: str, dtype: str, llm: str | None = None, vision: str | None = None) -> Cobra:
     """`random:<registry id>` = random weights at that model's real sizes (demo tokenizer for ids); else `load()`."""
     if not spec.startswith(RANDOM_PREFIX):
-        return load(spec, device=device, dtype=dtype)
+        return load(spec, device=device, dtype=dtype, llm=llm, vision=vision)
     from cobra_app.demo.tokenizer import build_demo_tokenizer
     from cobra_app.loading import build_random, resolve_device, resolve_dtype
     from cobra_app.loading.registry import MODELS
@@ -55,7 +56,7 @@ def build_model(spec: str, device: str, dtype: str) -> Cobra:
     config = MODELS[spec.removeprefix(RANDOM_PREFIX)].config
     dev = resolve_device(device)
     vlm = build_random(config, resolve_dtype(dtype if dtype != "auto" else "bfloat16", dev, 0), device=dev)
-    return Cobra(LoadedModel(vlm.eval().requires_grad_(False), build_demo_tokenizer(), spec))
+    return Cobra(vlm.eval().requires_grad_(False), build_demo_tokenizer(), spec)
 
 
 def random_ids(n: int, vocab: int, seed: int) -> torch.Tensor:
@@ -222,6 +223,7 @@ def plot_ttft(res: Results, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="random:cobra+3b", help="random:<registry id>, a registry id or a path")
+    add_model_file_options(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     res = Results()
-    cobra = build_model(args.model, args.device, args.dtype)
+    cobra = build_model(args.model, args.device, args.dtype, **model_file_options(args))
     res.add("matmul_gflops_fp32", matmul_gflops(torch.float32, args.device), "GFLOP/s", "ceiling, fp32")
     measure_model(cobra, args, res)
     if args.turns_bench:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cobra_app.cli.model_files import add_model_file_options, model_file_options
 from cobra_app.generation import Decoder, SamplingParams
 
 QUESTIONS = (
@@ -62,7 +63,6 @@ def synthetic_image(size: int = 96, seed: int = 0) -> Image.Image:
 def build_random_model(name: str, seed: int = 0):
     """A Cobra with random weights in the release's architecture, the demo tokenizer and the Zephyr format."""
     from cobra_app.demo.tokenizer import build_demo_tokenizer
-    from cobra_app.loading import LoadedModel
     from cobra_app.model.cobra import CobraConfig, CobraVLM
     from cobra_app.model.mamba import MambaConfig
     from cobra_app.model.vision import VISION_BACKBONES
@@ -76,7 +76,7 @@ def build_random_model(name: str, seed: int = 0):
     torch.manual_seed(seed)
     vlm = CobraVLM(config)
     vlm.llm.init_weights(torch.Generator().manual_seed(seed))
-    return Cobra(LoadedModel(vlm.eval().requires_grad_(False), tokenizer, f"{name} (random weights)"))
+    return Cobra(vlm.eval().requires_grad_(False), tokenizer, f"{name} (random weights)")
 
 
 def full_recompute_turn(cobra, image, prompt_ids: list[int], params: SamplingParams):
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cobra_app.bench.turns", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="random-tiny",
                    help=f"{', '.join(RANDOM_MODELS)} (random weights, offline) or anything cobra_app.load accepts")
+    add_model_file_options(p)
     p.add_argument("--image", default=None, help="image file (default: a synthetic picture)")
     p.add_argument("--turns", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=24)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from cobra_app.pipeline import load
 
-        cobra = load(args.model, args.device, args.dtype)
+        cobra = load(args.model, args.device, args.dtype, **model_file_options(args))
     image = Image.open(args.image).convert("RGB") if args.image else synthetic_image()
     run(cobra, image, args.turns, SamplingParams(max_new_tokens=args.max_new_tokens))
     return 0

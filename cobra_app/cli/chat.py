@@ -1,6 +1,7 @@
 """Terminal chat with Cobra, on the same sessions as the UI: follow-up turns cost only their new tokens.
 
     python -m cobra_app chat --image photo.jpg [--model cobra+3b|PATH] [--sample --temperature 0.4 ...]
+    python -m cobra_app chat --model runs/my-run --llm models/mamba-2.8b-zephyr --vision-weights models/vision
 
 Type a message and press Enter; the reply streams. Commands:
     /image PATH   start a new conversation about another image (/image none: text only)
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from cobra_app.cli.model_files import add_model_file_options, model_file_options
 from cobra_app.paths import DEMO_MODEL_DIR
 
 DEFAULT_MODEL = "cobra+3b"
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help=f"registry id, hub path or model directory (default: {DEFAULT_MODEL}, falling back to "
                         "assets/demo-model when it cannot be fetched)")
+    add_model_file_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
     g = p.add_argument_group("sampling (greedy by default, as the release's REPL)")
@@ -76,7 +79,7 @@ def _load_model(args):
     source = args.model or DEFAULT_MODEL
     fallback = None if args.model else str(DEMO_MODEL_DIR)
     try:
-        choice = choose_model(source, fallback, device=args.device, dtype=args.dtype)
+        choice = choose_model(source, fallback, device=args.device, dtype=args.dtype, **model_file_options(args))
     except ModelUnavailableError as exc:
         print(f"error: model {source!r} is unavailable: {exc}", file=sys.stderr)
         return None

@@ -1,4 +1,5 @@
 """`python -m cobra_app probe SUITE.jsonl --model PATH --out DIR [--skip-bad] [--device D] [--dtype T]`
+(a release-layout run's own files: `--llm DIR`, `--vision-weights DIR`)
 
 Closed-set scoring of every case of a JSONL probe suite (format: `cobra_app.probe.suite`), with a progress bar.
 Writes DIR/results.json (per-case probabilities and predictions, metrics) and DIR/report.html (self-contained), and
@@ -17,6 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cobra_app.cli.model_files import add_model_file_options, model_file_options
+
 DEFAULT_OUT = Path("runs/probe")  # runs/ is git-ignored
 
 
@@ -28,6 +31,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("suite", type=Path, help="JSONL suite; image paths are relative to its folder")
     parser.add_argument("--model", default="cobra+3b",
                         help="registry id, hub path or model directory, e.g. assets/demo-model (default: cobra+3b)")
+    add_model_file_options(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help=f"output folder for results.json and report.html (default: {DEFAULT_OUT}/SUITE_NAME)")
     parser.add_argument("--skip-bad", action="store_true",
@@ -69,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cobra_app import load
 
     try:
-        cobra = load(args.model, device=args.device, dtype=args.dtype)
+        cobra = load(args.model, device=args.device, dtype=args.dtype, **model_file_options(args))
     except Exception as e:  # noqa: BLE001 - any loading failure is reported the same way
         print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 1

@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=None, help="write per-item results as JSON lines")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    from cobra_app.loading import load  # heavy imports only when run
+    from cobra_app import load  # heavy imports only when run
 
     torch.set_num_threads(args.threads)
     start = time.monotonic()

@@ -1,6 +1,7 @@
 """Self-contained model directories: config.json, model.safetensors (every part, vision included) and tokenizer files.
 
-Used for models whose parts are not on the hub, such as the offline demo model shipped in `assets/`.
+What `python -m cobra_app convert` writes from a release-layout run (then loadable offline with no other file), and
+the format of models whose parts are not on the hub, such as the offline demo model shipped in `assets/`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from cobra_app.loading.checkpoint import load_state_dict_checked
+from cobra_app.loading.checkpoint import load_state_dict_checked, tied_parameters
+from cobra_app.loading.hub import MODEL, ModelUnavailableError
 from cobra_app.model.cobra import CONFIG_FORMAT, CobraConfig, CobraVLM
 
 WEIGHTS = "model.safetensors"
-TIED_KEY, TIED_SOURCE = "llm.lm_head.weight", "llm.backbone.embedding.weight"
 
 
 def is_model_dir(path: Path) -> bool:
@@ -24,23 +25,31 @@ def is_model_dir(path: Path) -> bool:
 
 
 def save_model_dir(vlm: CobraVLM, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
-    """Write config, weights (tied lm_head stored once) and tokenizer to `out_dir`."""
+    """Write config, weights (each tensor in its dtype; a tied parameter stored once) and tokenizer to `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(vlm.config.to_dict(), indent=2) + "\n")
-    state = {k: v.detach().contiguous() for k, v in vlm.state_dict().items() if k != TIED_KEY}
+    aliases = tied_parameters(vlm)
+    state = {k: v.detach().contiguous() for k, v in vlm.state_dict().items() if k not in aliases}
     save_file(state, out_dir / WEIGHTS, metadata={"format": "pt"})
     tokenizer.save_pretrained(out_dir)
     return out_dir
 
 
-def load_model_dir(path: Path) -> tuple[CobraVLM, PreTrainedTokenizerBase]:
-    """Load a self-contained model directory (fp32, CPU)."""
-    path = Path(path)
-    config = CobraConfig.from_dict(json.loads((path / "config.json").read_text()))
-    vlm = CobraVLM(config)
-    state = load_file(path / WEIGHTS)
-    if TIED_SOURCE in state:
-        state[TIED_KEY] = state[TIED_SOURCE]
-    load_state_dict_checked(vlm, state, f"model directory {path}")
-    return vlm, AutoTokenizer.from_pretrained(path)
+class ModelDir:
+    """A self-contained model directory, read config first (a missing file fails before the weights are read)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not (self.path / WEIGHTS).is_file():
+            raise ModelUnavailableError(f"{WEIGHTS} not found: looked for {self.path / WEIGHTS} (a model directory "
+                                        "holds config.json, model.safetensors and the tokenizer files). "
+                                        + MODEL.hint("a complete model directory"))
+        self.config = CobraConfig.from_dict(json.loads((self.path / "config.json").read_text()))
+
+    def load_weights(self, vlm: CobraVLM) -> None:
+        """Fill `vlm` (built on the meta device from `self.config`)."""
+        load_state_dict_checked(vlm, load_file(self.path / WEIGHTS), f"model directory {self.path}", take=True)
+
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
+        return AutoTokenizer.from_pretrained(self.path)

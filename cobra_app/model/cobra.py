@@ -1,4 +1,9 @@
-"""Cobra: vision tower -> projector -> Mamba LM, with image patches placed before all text tokens.
+"""Cobra's network: vision tower -> projector -> Mamba LM, with image patches placed before all text tokens.
+
+`CobraVLM` is the `nn.Module` only: weights (under the release's state-dict names), dtype and device moves, the
+forward passes. It knows no tokenizer and no prompt format, so the demo model's training and the loaders (which
+build it on the meta device and fill in weights) use it alone. The object people use, with the tokenizer, the
+prompt format and generation, is `cobra_app.pipeline.Cobra`, which holds one `CobraVLM` as `.vlm`.
 
 Shapes: B batch, P image patches (729 for cobra+3b), V vision dim (2176), d = d_model (2560), L text tokens.
 """
@@ -67,15 +72,12 @@ class CobraVLM(nn.Module):
     """The Cobra vision-language model. Attribute names give the release's state-dict prefixes:
     `vision_backbone.*`, `projector.projector.*` and `llm.backbone.*` / `llm.lm_head.*`."""
 
-    def __init__(self, config: CobraConfig, pretrained_vision: bool = False, device=None):
+    def __init__(self, config: CobraConfig):
         super().__init__()
         self.config = config
-        self.vision_backbone = build_vision_backbone(config.vision, pretrained=pretrained_vision)
+        self.vision_backbone = build_vision_backbone(config.vision)
         self.projector = build_projector(config.arch_specifier, config.vision.embed_dim, config.llm.d_model)
-        self.llm = MambaLM(config.llm, device=device)
-        if device is not None:
-            self.vision_backbone.to(device)
-            self.projector.to(device)
+        self.llm = MambaLM(config.llm)
 
     @property
     def dtype(self) -> torch.dtype:

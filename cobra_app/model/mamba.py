@@ -68,6 +68,13 @@ class MambaConfig:
             **{k: ssm[k] for k in ("d_state", "d_conv", "expand", "dt_rank") if k in ssm},
         )
 
+    def to_mamba_ssm(self) -> dict:
+        """mamba_ssm's `config.json` for this model (the inverse of `from_mamba_ssm`)."""
+        ssm = {"d_state": self.d_state, "d_conv": self.d_conv, "expand": self.expand, "dt_rank": self.dt_rank}
+        return {"d_model": self.d_model, "n_layer": self.n_layer, "vocab_size": self.vocab_size, "ssm_cfg": ssm,
+                "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+                "pad_vocab_size_multiple": self.pad_vocab_size_multiple, "tie_embeddings": True}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

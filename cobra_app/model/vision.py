@@ -5,14 +5,15 @@
       -> concat on channels                                                     [B, P, sum C_i]
 
 For `dinosiglip-vit-so-384px`: P = 27 x 27 = 729, C = 1024 + 1152 = 2176 (reference section 3).
-Hyper-parameters are explicit so the same structure can be built offline (random init) or from the timm hub.
+Hyper-parameters are explicit: the towers built from them have exactly the structure timm registers under each
+branch's `timm_model_name` (tests/model/test_vision.py), so timm's pretrained weights load into them
+(`cobra_app.loading.vision_weights`), and models without hub weights (tiny, demo) build the same way.
 """
 
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
-import timm
 import torch
 from timm.layers import HybridEmbed
 from timm.models.vision_transformer import VisionTransformer
@@ -31,7 +32,7 @@ class ViTBranchConfig:
     """One timm VisionTransformer; the fields are the kwargs under which timm registers the hub model."""
 
     name: str  # key of this branch in pixel_values / image_transform outputs ("dino", "siglip")
-    timm_model_name: str | None  # timm hub id for pretrained=True; None for offline-only configs
+    timm_model_name: str | None  # timm id whose pretrained weights fit this tower; None for offline-only configs
     img_size: int
     patch_size: int
     embed_dim: int
@@ -204,18 +205,10 @@ VISION_BACKBONES: dict[str, VisionBackboneConfig] = {
 }
 
 
-def create_vit(branch: ViTBranchConfig, pretrained: bool = False) -> VisionTransformer:
-    """Random-init ViT from the explicit kwargs, or (pretrained=True) the timm hub weights at branch.img_size."""
-    if not pretrained:
-        return VisionTransformer(**branch.timm_kwargs())
-    if branch.timm_model_name is None:
-        raise ValueError(f"branch {branch.name!r} has no timm hub model; build it with pretrained=False")
-    vit = timm.create_model(branch.timm_model_name, pretrained=True, num_classes=0, img_size=branch.img_size)
-    got = (vit.embed_dim, len(vit.blocks), vit.patch_embed.num_patches, vit.num_prefix_tokens)
-    want = (branch.embed_dim, branch.depth, branch.num_patches, int(branch.class_token) + branch.reg_tokens)
-    if got != want:
-        raise ValueError(f"{branch.timm_model_name}: (dim, depth, patches, prefix) {got} != config {want}")
-    return vit
+def create_vit(branch: ViTBranchConfig) -> VisionTransformer:
+    """The ViT of `branch` from its explicit kwargs, with timm's random init (no weights are read here: the loaders in
+    `cobra_app.loading` build it on the meta device and fill in checkpoint or timm hub weights)."""
+    return VisionTransformer(**branch.timm_kwargs())
 
 
 def penultimate_patch_features(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
@@ -236,14 +229,14 @@ class VisionBackbone(nn.Module):
     branches, `featurizer` for a single one (so state_dict keys are e.g. `dino_featurizer.blocks.0.attn.qkv.weight`).
     """
 
-    def __init__(self, config: VisionBackboneConfig, pretrained: bool = False) -> None:
+    def __init__(self, config: VisionBackboneConfig) -> None:
         super().__init__()
         self.config = config
         self.branch_attrs = {
             b.name: "featurizer" if len(config.branches) == 1 else f"{b.name}_featurizer" for b in config.branches
         }
         for b in config.branches:
-            self.add_module(self.branch_attrs[b.name], create_vit(b, pretrained))
+            self.add_module(self.branch_attrs[b.name], create_vit(b))
         self.image_transform = ImageTransform(
             {b.name: build_transform(config.image_resize_strategy, b.img_size, b.mean, b.std) for b in config.branches}
         )
@@ -270,6 +263,6 @@ class VisionBackbone(nn.Module):
         )
 
 
-def build_vision_backbone(cfg: VisionBackboneConfig, pretrained: bool = False) -> VisionBackbone:
-    """pretrained=True downloads / reads the timm hub weights (hf hub cache); False = fast random init."""
-    return VisionBackbone(cfg, pretrained=pretrained)
+def build_vision_backbone(cfg: VisionBackboneConfig) -> VisionBackbone:
+    """The tower with random weights (on the meta device under `torch.device("meta")`: no memory, no init cost)."""
+    return VisionBackbone(cfg)

@@ -2,6 +2,7 @@
 
     python app.py --model cobra+3b --device auto --dtype auto --host 127.0.0.1 --port 7860 --share \
                   --memory-budget 2GB --concurrency 2
+    python app.py --model runs/my-run --llm models/mamba-2.8b-zephyr --vision-weights models/vision   # offline run
 
 On Hugging Face Spaces the platform sets GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; they are honoured when neither the
 flag nor COBRA_HOST / COBRA_PORT is given.
@@ -41,6 +42,8 @@ def _truthy(text: str) -> bool:
 @dataclass(frozen=True)
 class AppConfig:
     model: str = "cobra+3b"  # registry id, hub path or local directory
+    llm: str | None = None  # a release-layout run's LLM config + tokenizer: local directory or hub repo
+    vision_weights: str | None = None  # a release-layout run's frozen vision weights: local directory or hub cache
     device: str = "auto"
     dtype: str = "auto"
     host: str = "127.0.0.1"
@@ -59,6 +62,13 @@ class AppConfig:
 # field -> (flag, env var, parser, help)
 OPTIONS: dict[str, tuple[str, str, object, str]] = {
     "model": ("--model", "COBRA_MODEL", str, "registry id (cobra+3b), hub path owner/repo[/sub] or local model dir"),
+    "llm": ("--llm", "COBRA_LLM", str, ("LLM files of a release-layout run: a local mamba_ssm-format directory "
+                                        "(config.json + tokenizer files) or a hub repo (default: the run's LLM "
+                                        "backbone repo on the hub)")),
+    "vision_weights": ("--vision-weights", "COBRA_VISION", str, ("frozen vision weights of a release-layout run: a "
+                                                                 "directory holding <timm model name>.safetensors per "
+                                                                 "tower, or a hub cache holding timm's repos "
+                                                                 "(default: timm's hub weights)")),
     "device": ("--device", "COBRA_DEVICE", str, "auto, cpu, cuda or cuda:N"),
     "dtype": ("--dtype", "COBRA_DTYPE", str, "auto, float32, bfloat16 or float16"),
     "host": ("--host", "COBRA_HOST", str, "address to listen on (0.0.0.0 for every interface)"),

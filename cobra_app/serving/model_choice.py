@@ -3,7 +3,6 @@ with a banner saying so and how to get the real one."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from cobra_app.loading import ModelUnavailableError
+from cobra_app.loading.hub import hub_cache_only
 
 log = logging.getLogger(__name__)
 
@@ -53,27 +53,14 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _hub_cache_only():
-    """Make huggingface_hub answer from its local cache only (no retries against an unreachable host: the fallback
-    then comes in a second instead of after half a minute of retries)."""
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
 def _is_local(source: str) -> bool:
     return Path(source).exists()
 
 
 def choose_model(requested: str, fallback: str | None, device: str = "auto", dtype: str = "auto",
-                 loader=None) -> ModelChoice:
-    """Load `requested`; on ModelUnavailableError load `fallback` (the demo model) and say why in the banner.
+                 loader=None, llm: str | None = None, vision: str | None = None) -> ModelChoice:
+    """Load `requested` (with `llm` / `vision`, the files of a release-layout run); on ModelUnavailableError load
+    `fallback` (the self-contained demo model) and say why in the banner.
 
     Other errors (a corrupt checkpoint, an unknown id) are not hidden: they propagate, since serving a different model
     would mislead. `loader` defaults to `cobra_app.load` (tests pass their own)."""
@@ -82,10 +69,12 @@ def choose_model(requested: str, fallback: str | None, device: str = "auto", dty
     online = True
     try:
         if _is_local(requested) or (online := hub_reachable()):
-            return ModelChoice(loader(requested, device=device, dtype=dtype), requested, requested)
+            return ModelChoice(loader(requested, device=device, dtype=dtype, llm=llm, vision=vision), requested,
+                               requested)
         log.warning("The Hugging Face hub is unreachable: looking for %s in the local cache only.", requested)
-        with _hub_cache_only():
-            return ModelChoice(loader(requested, device=device, dtype=dtype), requested, requested)
+        with hub_cache_only():
+            return ModelChoice(loader(requested, device=device, dtype=dtype, llm=llm, vision=vision), requested,
+                               requested)
     except ModelUnavailableError as exc:
         if not fallback:
             raise

@@ -92,10 +92,10 @@ def test_chat_context_limit_message(monkeypatch, capsys, model_dir):
 def test_default_model_falls_back_to_the_demo_model_with_a_notice(monkeypatch, capsys, model_dir):
     real_load = pipeline.load
 
-    def offline_load(source, device="auto", dtype="auto"):
+    def offline_load(source, device="auto", dtype="auto", **files):
         if str(source) == "cobra+3b":
             raise ModelUnavailableError("could not fetch 'cobra+3b/config.json' (offline)")
-        return real_load(source, device, dtype)
+        return real_load(source, device, dtype, **files)
 
     monkeypatch.setattr(pipeline, "load", offline_load)
     monkeypatch.setattr(chat, "DEMO_MODEL_DIR", model_dir)

@@ -238,7 +238,7 @@ def test_the_kernels_are_loaded_before_the_training_clock_starts(tokenizer, monk
 
 
 def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path):
-    from cobra_app.loading import load
+    from cobra_app import load
 
     cfg = T.TrainConfig(**TINY_HEADS, steps=40, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0, vision_steps=5,
                         oracle_steps=10, projector_steps=5, vision_images=8)

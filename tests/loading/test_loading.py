@@ -1,4 +1,5 @@
-"""Loading: release layout (hub and run dir), self-contained model dirs, key checks, safe unpickling, offline."""
+"""Loading: release layout (hub cache and run dir, with the LLM files local or from the hub), self-contained model
+dirs, key checks, safe unpickling, offline operation, messages for missing files, and the meta-device build."""
 
 import json
 import os
@@ -11,59 +12,13 @@ import pytest
 import torch
 
 import cobra_app.loading.hub as hub
-from cobra_app.loading import CheckpointError, ModelUnavailableError, load, save_model_dir
-from cobra_app.loading.registry import LLM_BACKBONES, MODELS, LLMBackboneSpec, ReleaseSpec
+from cobra_app import load
+from cobra_app.bench.release_run import cache_file, release_checkpoint, write_run_dir
+from cobra_app.loading import CheckpointError, ModelUnavailableError, read_model, save_model_dir
+from cobra_app.loading.checkpoint import strip_prefix
+from cobra_app.loading.registry import MODELS, ReleaseSpec
 from cobra_app.model.cobra import CobraVLM
-from tests.helpers import make_tiny_vlm, sample_image
-
-
-def release_checkpoint(vlm: CobraVLM, with_vision: bool = True) -> dict:
-    """The release's pickle layout: {"model": {"projector": ..., "llm_backbone": {"llm.<key>": ...}}}."""
-    parts = {
-        "projector": vlm.projector.state_dict(),
-        "llm_backbone": {f"llm.{k}": v for k, v in vlm.llm.state_dict().items()},
-    }
-    if with_vision:  # the cobra+3b release has frozen (hub) vision weights; a run that trained them saves them
-        parts["vision_backbone"] = vlm.vision_backbone.state_dict()
-    return {"model": parts}
-
-
-def write_run_dir(vlm: CobraVLM, run_dir: Path, checkpoint: dict | None = None) -> Path:
-    cfg = vlm.config
-    (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({"model": {
-        "model_id": cfg.model_id, "arch_specifier": cfg.arch_specifier, "vision_backbone_id": cfg.vision_backbone_id,
-        "llm_backbone_id": "tiny-mamba-zephyr", "image_resize_strategy": "resize-naive", "llm_max_length": 256,
-    }}))
-    torch.save(checkpoint or release_checkpoint(vlm), run_dir / "checkpoints" / "latest-checkpoint.pt")
-    return run_dir
-
-
-@pytest.fixture
-def fake_hub(tmp_path, monkeypatch):
-    """A local stand-in for the hub: files under <root>/<owner>/<repo>/<filename>; nothing is downloaded.
-    Registers a tiny LLM backbone whose mamba_ssm config.json and tokenizer live there."""
-    root = tmp_path / "hub"
-    vlm, tokenizer = make_tiny_vlm()
-    llm_repo = root / "tiny" / "mamba-zephyr"
-    llm_repo.mkdir(parents=True)
-    llm = vlm.config.llm
-    (llm_repo / "config.json").write_text(json.dumps({
-        "d_model": llm.d_model, "n_layer": llm.n_layer, "vocab_size": llm.vocab_size,
-        "ssm_cfg": {"d_state": llm.d_state}, "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
-        "pad_vocab_size_multiple": 8, "tie_embeddings": True,
-    }))
-    tokenizer.save_pretrained(llm_repo)
-    monkeypatch.setitem(LLM_BACKBONES, "tiny-mamba-zephyr", LLMBackboneSpec("tiny/mamba-zephyr", "tiny/mamba-zephyr", "zephyr"))
-
-    def fake_download(repo_id: str, filename: str) -> str:
-        path = root / repo_id / filename
-        if not path.is_file():
-            raise FileNotFoundError(f"404 {repo_id}/{filename}")
-        return str(path)
-
-    monkeypatch.setattr(hub, "hf_hub_download", fake_download)
-    return root, vlm, tokenizer
+from tests.helpers import TINY_LLM_BACKBONE, TINY_LLM_REPO, make_tiny_vlm, sample_image
 
 
 def same_outputs(a: CobraVLM, b: CobraVLM) -> bool:
@@ -75,19 +30,95 @@ def same_outputs(a: CobraVLM, b: CobraVLM) -> bool:
     return torch.equal(la, lb)
 
 
-def test_registry_id_loads_release_layout_through_the_hub(fake_hub, monkeypatch):
-    root, vlm, _ = fake_hub
-    write_run_dir(vlm, root / "owner" / "cobra" / "tiny+1m")
+def tiny_run(vlm: CobraVLM, run_dir: Path, checkpoint: dict | None = None) -> Path:
+    """The tiny model as a run in the release layout (its towers trained, hence in the checkpoint)."""
+    return write_run_dir(run_dir, vlm, TINY_LLM_BACKBONE, checkpoint or release_checkpoint(vlm, with_vision=True))
+
+
+def publish(cache: Path, local_dir: Path, repo_id: str, prefix: str = "") -> None:
+    """Put every file of `local_dir` (recursively) into the hub cache under `repo_id`, as fetching it would have."""
+    for path in local_dir.rglob("*"):
+        if path.is_file():
+            cache_file(cache, repo_id, prefix + path.relative_to(local_dir).as_posix()).write_bytes(path.read_bytes())
+
+
+def test_registry_id_loads_from_the_hub_cache_offline_without_a_network_call(published, tiny, tmp_path,
+                                                                              network_calls, monkeypatch):
+    vlm, tokenizer = tiny
+    publish(published, tiny_run(vlm, tmp_path / "run"), "owner/cobra", "tiny+1m/")
     monkeypatch.setitem(MODELS, "tiny+1m", ReleaseSpec("owner/cobra", "tiny+1m", vlm.config))
-    loaded = load("tiny+1m", device="cpu", dtype="float32")
-    assert same_outputs(loaded.vlm, vlm)
-    assert loaded.config.prompt_format == "zephyr" and loaded.config.llm_max_length == 256
+    cobra = load("tiny+1m", device="cpu", dtype="float32")
+    assert same_outputs(cobra.vlm, vlm)
+    assert cobra.config.prompt_format == "zephyr" and cobra.config.llm_max_length == 256
+    assert cobra.tokenizer.encode("a red circle") == tokenizer.encode("a red circle")
+    assert network_calls == []
 
 
-def test_local_run_dir_in_release_layout_loads(fake_hub, tmp_path):
-    _, vlm, _ = fake_hub
-    run_dir = write_run_dir(vlm, tmp_path / "run")
-    assert same_outputs(load(run_dir, device="cpu", dtype="float32").vlm, vlm)
+def test_local_run_dir_in_release_layout_loads(published, tiny, tmp_path, network_calls):
+    vlm, _ = tiny
+    assert same_outputs(load(tiny_run(vlm, tmp_path / "run"), device="cpu", dtype="float32").vlm, vlm)
+    assert network_calls == []
+
+
+def write_llm_dir(vlm: CobraVLM, tokenizer, path: Path) -> Path:
+    """A local LLM directory as --llm takes it: mamba_ssm config.json and the tokenizer files."""
+    tokenizer.save_pretrained(path)
+    (path / "config.json").write_text(json.dumps(vlm.config.llm.to_mamba_ssm()))
+    return path
+
+
+def test_llm_files_from_a_local_directory_or_another_hub_repo(hub_cache, tiny, tmp_path, network_calls):
+    """A run whose LLM backbone's repo is not in the (offline) cache: --llm supplies its config and tokenizer."""
+    vlm, tokenizer = tiny
+    run = tiny_run(vlm, tmp_path / "run")
+    with pytest.raises(ModelUnavailableError):
+        load(run, device="cpu")
+    llm_dir = write_llm_dir(vlm, tokenizer, tmp_path / "llm")
+    from_dir = load(run, device="cpu", dtype="float32", llm=llm_dir)
+    assert same_outputs(from_dir.vlm, vlm)
+    text = "Is the cup left of the plate?"
+    assert from_dir.tokenizer.encode(text) == tokenizer.encode(text)
+    publish(hub_cache, llm_dir, "someone/mamba-finetune")
+    assert same_outputs(load(run, device="cpu", dtype="float32", llm="someone/mamba-finetune").vlm, vlm)
+    assert network_calls == []
+
+
+def test_missing_files_say_which_file_where_it_looked_and_which_flag_supplies_it(hub_cache, tiny, tmp_path):
+    vlm, tokenizer = tiny
+    run = tiny_run(vlm, tmp_path / "run")
+    with pytest.raises(ModelUnavailableError) as exc:
+        load(run, device="cpu")  # the LLM backbone's repo is not in the cache
+    message = str(exc.value)
+    assert f"'config.json' from the Hugging Face hub repo '{TINY_LLM_REPO}'" in message
+    assert f"looked in the hub cache {hub_cache}" in message and "--llm (env COBRA_LLM" in message
+
+    llm_dir = write_llm_dir(vlm, tokenizer, tmp_path / "llm")
+    (llm_dir / "tokenizer.json").unlink()
+    with pytest.raises(ModelUnavailableError, match=rf"has no tokenizer.json \(looked for {llm_dir / 'tokenizer.json'}"
+                                                    r"\).*--llm"):
+        load(run, llm=llm_dir)
+    with pytest.raises(ModelUnavailableError, match=r"LLM directory no/such/dir/here does not exist.*--llm"):
+        load(run, llm="no/such/dir/here")
+
+    (run / "checkpoints" / "latest-checkpoint.pt").unlink()
+    with pytest.raises(ModelUnavailableError, match=rf"latest-checkpoint.pt not found: looked for "
+                                                    rf"{run / 'checkpoints' / 'latest-checkpoint.pt'}.*--model"):
+        load(run, llm=tmp_path / "llm")
+
+    model_dir = save_model_dir(vlm, tokenizer, tmp_path / "model")
+    (model_dir / "model.safetensors").unlink()
+    with pytest.raises(ModelUnavailableError, match=rf"model.safetensors not found: looked for {model_dir}"):
+        load(model_dir)
+
+
+def test_llm_and_vision_options_are_refused_for_a_self_contained_model_dir(tiny, tmp_path):
+    model_dir = save_model_dir(*tiny, tmp_path / "model")
+    with pytest.raises(ValueError, match="self-contained model directory.*release-layout runs only"):
+        load(model_dir, llm=tmp_path)
+
+
+def untie_lm_head(llm_backbone: dict) -> None:
+    llm_backbone["llm.lm_head.weight"] = llm_backbone["llm.lm_head.weight"] + 1.0
 
 
 @pytest.mark.parametrize(
@@ -96,13 +127,15 @@ def test_local_run_dir_in_release_layout_loads(fake_hub, tmp_path):
         (lambda sd: sd["model"]["llm_backbone"].pop("llm.backbone.layers.1.mixer.A_log"), "missing keys: backbone.layers.1.mixer.A_log"),
         (lambda sd: sd["model"]["projector"].update({"projector.9.weight": torch.zeros(1)}), "unexpected keys: projector.9.weight"),
         (lambda sd: sd["model"]["projector"].update({"projector.2.weight": torch.zeros(3, 3)}), r"mis-shaped keys: projector.2.weight \(checkpoint \(3, 3\)"),
+        (lambda sd: untie_lm_head(sd["model"]["llm_backbone"]),
+         "lm_head.weight differs from backbone.embedding.weight, but the model ties them"),
     ],
 )
-def test_bad_keys_fail_with_their_names(fake_hub, tmp_path, corrupt, message):
-    _, vlm, _ = fake_hub
-    checkpoint = release_checkpoint(vlm)
+def test_bad_keys_fail_with_their_names(published, tiny, tmp_path, corrupt, message):
+    vlm, _ = tiny
+    checkpoint = release_checkpoint(vlm, with_vision=True)
     corrupt(checkpoint)
-    run_dir = write_run_dir(vlm, tmp_path / "run", checkpoint)
+    run_dir = tiny_run(vlm, tmp_path / "run", checkpoint)
     with pytest.raises(CheckpointError, match=message):
         load(run_dir, device="cpu")
 
@@ -114,11 +147,11 @@ class Payload:
         return (os.system, ("echo pwned > /tmp/cobra_pwned",))
 
 
-def test_pickle_carrying_code_is_refused(fake_hub, tmp_path):
-    _, vlm, _ = fake_hub
-    checkpoint = release_checkpoint(vlm)
+def test_pickle_carrying_code_is_refused(published, tiny, tmp_path):
+    vlm, _ = tiny
+    checkpoint = release_checkpoint(vlm, with_vision=True)
     checkpoint["model"]["payload"] = Payload()
-    run_dir = write_run_dir(vlm, tmp_path / "run", checkpoint)
+    run_dir = tiny_run(vlm, tmp_path / "run", checkpoint)
     Path("/tmp/cobra_pwned").unlink(missing_ok=True)
     with pytest.raises(CheckpointError, match="weights_only=True"):
         load(run_dir, device="cpu")
@@ -135,10 +168,11 @@ def test_self_contained_model_dir_roundtrip(tmp_path):
     assert loaded.vlm.llm.lm_head.weight is loaded.vlm.llm.backbone.embedding.weight
 
 
-def test_model_dir_from_a_hub_path(fake_hub):
-    root, vlm, tokenizer = fake_hub
-    save_model_dir(vlm, tokenizer, root / "someone" / "tiny-cobra")
+def test_model_dir_from_a_hub_path(hub_cache, tiny, tmp_path, network_calls):
+    vlm, tokenizer = tiny
+    publish(hub_cache, save_model_dir(vlm, tokenizer, tmp_path / "tiny-cobra"), "someone/tiny-cobra")
     assert same_outputs(load("someone/tiny-cobra", device="cpu", dtype="float32").vlm, vlm)
+    assert network_calls == []
 
 
 def test_load_casts_to_requested_dtype(tmp_path):
@@ -149,22 +183,56 @@ def test_load_casts_to_requested_dtype(tmp_path):
     assert not any(p.requires_grad for p in loaded.vlm.parameters())
 
 
+def old_path(vlm: CobraVLM, checkpoint: dict, dtype: torch.dtype) -> CobraVLM:
+    """The loader before the meta-device build, as reference: a randomly initialised fp32 model, torch's
+    load_state_dict copying the checkpoint in, then the cast to the run dtype."""
+    reference = CobraVLM(vlm.config)
+    parts = checkpoint["model"]
+    reference.vision_backbone.load_state_dict(parts["vision_backbone"])
+    reference.projector.load_state_dict(parts["projector"])
+    reference.llm.load_state_dict(strip_prefix(parts["llm_backbone"], "llm."))
+    return reference.cast(dtype).eval()
+
+
+@pytest.mark.parametrize("stored", [torch.float32, torch.bfloat16], ids=["fp32-checkpoint", "bf16-checkpoint"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_meta_build_gives_the_old_paths_weights_and_logits(published, tiny, tmp_path, stored, dtype):
+    vlm, _ = tiny
+    checkpoint = release_checkpoint(vlm.to(stored), with_vision=True)
+    run = tiny_run(vlm, tmp_path / "run", checkpoint)
+    ours = load(run, device="cpu", dtype=dtype).vlm
+    reference = old_path(vlm, checkpoint, getattr(torch, dtype))
+    expected = reference.state_dict()
+    got = ours.state_dict()
+    assert list(got) == list(expected)
+    for key, tensor in got.items():
+        assert tensor.dtype == expected[key].dtype and torch.equal(tensor, expected[key]), key
+    assert same_outputs(ours, reference)
+    assert ours.llm.lm_head.weight is ours.llm.backbone.embedding.weight
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+
+
 def test_unknown_sources_are_explained(tmp_path):
     with pytest.raises(ValueError, match="neither a Cobra Chat model directory nor a run directory"):
         load(tmp_path)
     with pytest.raises(ValueError, match="unknown model"):
         load("no-such-model")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ValueError, match="neither a Cobra Chat model directory nor a run directory"):
+        load(tmp_path)
 
 
 def test_offline_missing_hub_file_fails_fast_and_says_what_was_tried(tmp_path):
     """The real hub path, offline with an empty cache: a clear error within seconds, no download attempted."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    code = "from cobra_app.loading import load\nload('cobra+3b')"
+    env.pop("HF_HUB_CACHE", None)
+    code = "from cobra_app import load\nload('cobra+3b')"
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "ModelUnavailableError" in proc.stderr
     assert "han1997/cobra" in proc.stderr and "cobra+3b/config.json" in proc.stderr
+    assert f"looked in the hub cache {tmp_path / 'hf' / 'hub'}" in proc.stderr and "--model" in proc.stderr
     assert time.monotonic() - start < 60  # interpreter start-up and imports included
 
 
@@ -185,3 +253,11 @@ def test_random_model_at_cobra_3b_sizes_on_meta():
     assert abs(count(vlm.llm) / 1e9 - 2.77) < 0.01
     assert abs(count(vlm.vision_backbone) / 1e9 - 0.73) < 0.02
     assert abs(count(vlm.projector) / 1e9 - 0.05) < 0.01
+
+
+def test_read_model_gives_the_network_and_tokenizer_that_load_wraps(tiny, tmp_path):
+    model_dir = save_model_dir(*tiny, tmp_path / "model")
+    vlm, tokenizer = read_model(model_dir, device="cpu")
+    cobra = load(model_dir, device="cpu")
+    assert same_outputs(vlm, cobra.vlm) and tokenizer.get_vocab() == cobra.tokenizer.get_vocab()
+    assert cobra.source == str(model_dir) and cobra.config is cobra.vlm.config

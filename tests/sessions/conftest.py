@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from cobra_app.loading import LoadedModel
 from cobra_app.pipeline import Cobra
 from tests.helpers import make_tiny_vlm, sample_image
 
@@ -11,7 +10,7 @@ from tests.helpers import make_tiny_vlm, sample_image
 @pytest.fixture(scope="session")
 def cobra():
     vlm, tokenizer = make_tiny_vlm()
-    return Cobra(LoadedModel(vlm.requires_grad_(False), tokenizer, "tiny"))
+    return Cobra(vlm.requires_grad_(False), tokenizer, "tiny")
 
 
 @pytest.fixture

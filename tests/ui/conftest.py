@@ -3,7 +3,7 @@ the tests that launch the app (the offline demo model when it is present, else t
 
 import pytest
 
-from cobra_app.loading import LoadedModel, save_model_dir
+from cobra_app.loading import save_model_dir
 from cobra_app.pipeline import Cobra
 from tests.helpers import make_tiny_vlm, sample_image
 from tests.ui.support import DEMO_MODEL, RecordingNotifier
@@ -12,7 +12,7 @@ from tests.ui.support import DEMO_MODEL, RecordingNotifier
 @pytest.fixture(scope="session")
 def tiny_cobra():
     vlm, tokenizer = make_tiny_vlm()
-    return Cobra(LoadedModel(vlm.requires_grad_(False), tokenizer, "tiny"))
+    return Cobra(vlm.requires_grad_(False), tokenizer, "tiny")
 
 
 @pytest.fixture(scope="session")
