@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("cobra_app.cli.chat", "terminal chat about an image, with cached state across turns"),
     "probe": ("cobra_app.cli.probe", "closed-set scoring of a JSONL probe suite, with an HTML report"),
     "bench": ("cobra_app.bench.run", "speed benchmark (prefill, decode, follow-up turns, batching)"),
+    "convert": ("cobra_app.cli.convert", "write a self-contained model directory from a release-layout run"),
     "train-demo": ("cobra_app.demo.train", "train the offline demo model on synthetic scenes"),
     "eval-demo": ("cobra_app.demo.evaluate", "held-out accuracy of a model on synthetic scenes"),
 }
