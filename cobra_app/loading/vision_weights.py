@@ -26,6 +26,8 @@ from cobra_app.loading.checkpoint import CheckpointError
 from cobra_app.loading.hub import VISION, ModelUnavailableError, hub_cache_dir, hub_cache_only
 from cobra_app.model.vision import VisionBackbone, ViTBranchConfig
 
+MAX_DETAIL = 600  # characters of torch's key listing kept in an error message
+
 
 def local_weights_file(vision: Path, branch: ViTBranchConfig) -> Path:
     """Where `vision=DIR` holds a tower's weights as one safetensors file."""
@@ -76,8 +78,9 @@ def load_timm_tower(vit: VisionTransformer, branch: ViTBranchConfig, vision: Pat
     except OSError as exc:  # huggingface_hub: offline and not cached, no network, missing repo or file
         raise _unavailable(branch, repo_id, looked, exc) from exc
     except RuntimeError as exc:  # load_state_dict: keys or shapes differ
+        detail = " ".join(str(exc).split())  # torch's message names every missing, unexpected or mis-shaped key
         raise CheckpointError(f"timm weights for the vision tower '{branch.name}' ({branch.timm_model_name}) do not "
-                              f"fit it: {str(exc).splitlines()[0]}") from exc
+                              f"fit it: {detail[:MAX_DETAIL]}") from exc
 
 
 def load_timm_towers(backbone: VisionBackbone, vision: Path | None = None) -> None:

@@ -110,10 +110,15 @@ def test_missing_tower_weights_say_which_file_where_and_which_flag(hub_cache, tm
     assert str(local_weights_file(tmp_path, TOWER)) in str(exc.value) and f"the hub cache {tmp_path}" in str(exc.value)
 
 
-def test_weights_of_another_tower_are_refused(tmp_path):
+def test_weights_that_do_not_fit_are_refused_with_the_keys(tmp_path):
+    weights = timm_weights(TOWER)
+    del weights["reg_token"]
+    save_file(weights, local_weights_file(tmp_path, TOWER))
+    with pytest.raises(CheckpointError, match="do not fit it: .*Missing key.*reg_token"):
+        load_timm_tower(empty_tower(), TOWER, tmp_path)
     other = dataclasses.replace(TOWER, timm_model_name="vit_small_patch14_dinov2.lvd142m", reg_tokens=0)
-    save_file(timm_weights(other), local_weights_file(tmp_path, TOWER))  # no register tokens
-    with pytest.raises(CheckpointError, match="do not fit"):
+    save_file(timm_weights(other), local_weights_file(tmp_path, TOWER))  # no register tokens: another grid of tokens
+    with pytest.raises(CheckpointError, match="do not fit it"):
         load_timm_tower(empty_tower(), TOWER, tmp_path)
 
 
