@@ -54,6 +54,32 @@ def test_registry_id_loads_from_the_hub_cache_offline_without_a_network_call(pub
     assert network_calls == []
 
 
+OFFLINE_LOAD = """
+import socket, sys
+attempts = []
+def refuse(*args, **kwargs):
+    attempts.append(args)
+    raise OSError("network access attempted")
+socket.socket.connect = socket.socket.connect_ex = socket.create_connection = socket.getaddrinfo = refuse
+from cobra_app import load
+from cobra_app.loading.registry import LLM_BACKBONES, LLMBackboneSpec
+LLM_BACKBONES[sys.argv[2]] = LLMBackboneSpec(sys.argv[3], sys.argv[3], "zephyr")
+cobra = load(sys.argv[1], device="cpu")
+print("loaded", cobra.config.model_id, "network attempts:", len(attempts))
+"""
+
+
+def test_hf_hub_offline_with_a_populated_cache_loads_with_zero_network_calls(published, tiny, tmp_path):
+    """The real switch, HF_HUB_OFFLINE=1 in the environment of a fresh process, with every connection refused and
+    counted there."""
+    run = tiny_run(tiny[0], tmp_path / "run")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(published)}
+    proc = subprocess.run([sys.executable, "-c", OFFLINE_LOAD, str(run), TINY_LLM_BACKBONE, TINY_LLM_REPO], env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "loaded tiny-cobra network attempts: 0" in proc.stdout
+
+
 def test_local_run_dir_in_release_layout_loads(published, tiny, tmp_path, network_calls):
     vlm, _ = tiny
     assert same_outputs(load(tiny_run(vlm, tmp_path / "run"), device="cpu", dtype="float32").vlm, vlm)
