@@ -69,7 +69,11 @@ def llm_files(llm_backbone_id: str, llm: str | Path | None = None) -> tuple[Path
                                             + LLM_DIR_HINT)
         return path / "config.json", path
     if HUB_REPO_ID.fullmatch(str(llm)):
-        return hub_file(str(llm), "config.json", LLM_DIR_HINT), hub_file(str(llm), TOKENIZER, LLM_DIR_HINT).parent
+        try:
+            return hub_file(str(llm), "config.json", LLM_DIR_HINT), hub_file(str(llm), TOKENIZER, LLM_DIR_HINT).parent
+        except ModelUnavailableError as exc:
+            raise ModelUnavailableError(f"no LLM directory {path.resolve()}, so {str(llm)!r} was taken for a hub "
+                                        f"repo: {exc}") from exc
     raise ModelUnavailableError(f"the LLM directory {path} does not exist (looked for {path.resolve()}), and "
                                 f"{str(llm)!r} is not a hub repo id (owner/name). " + LLM_DIR_HINT)
 

@@ -125,6 +125,9 @@ def test_missing_files_say_which_file_where_it_looked_and_which_flag_supplies_it
         load(run, llm=llm_dir)
     with pytest.raises(ModelUnavailableError, match=r"LLM directory no/such/dir/here does not exist.*--llm"):
         load(run, llm="no/such/dir/here")
+    with pytest.raises(ModelUnavailableError, match=r"no LLM directory .*/models/mamba, so 'models/mamba' was taken "
+                                                    r"for a hub repo: could not fetch 'config.json'.*--llm"):
+        load(run, llm="models/mamba")
 
     (run / "checkpoints" / "latest-checkpoint.pt").unlink()
     with pytest.raises(ModelUnavailableError, match=rf"latest-checkpoint.pt not found: looked for "
