@@ -7,6 +7,7 @@ It is also the Hugging Face Space's entry point (`app_file: app.py`).
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -28,7 +29,9 @@ def build(cfg):
 
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
                           vision=cfg.vision_weights)
-    manager = SessionManager(choice.cobra, memory_budget_bytes=cfg.memory_budget, idle_timeout_s=cfg.idle_timeout)
+    manager = SessionManager(choice.cobra, memory_budget_bytes=cfg.memory_budget, idle_timeout_s=cfg.idle_timeout,
+                             history=cfg.history, state_dir=cfg.state_dir, state_dir_bytes=cfg.state_dir_size)
+    atexit.register(manager.close)  # queued state files reach the disk before the process ends
     handlers = ChatHandlers(manager, image_limits=ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels),
                             param_limits=ParamLimits(max_new_tokens=cfg.max_new_tokens), notifier=GradioNotifier())
     demo = build_demo(handlers, model_info_md=model_info_markdown(choice.cobra.info(), cfg.model),

@@ -14,6 +14,8 @@ Its own calls are single-turn and stateless; multi-turn conversations with cache
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -67,6 +69,22 @@ class Cobra:
         }
 
     @torch.no_grad()
+    def identity(self) -> str:
+        """What makes two loaded models' states interchangeable, as a hex digest: the config, every weight tensor's
+        name, shape, dtype and an evenly spaced sample of 64 of its values, the Mamba ops path and the device type.
+        Computed once (a fraction of a second at cobra+3b sizes); keys the conversation states on disk."""
+        if getattr(self, "_identity", None) is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(json.dumps([self.config.to_dict(), self.vlm.llm.ops.name, self.device.type]).encode())
+            for name, tensor in sorted(self.vlm.state_dict().items()):
+                flat = tensor.detach().reshape(-1)
+                sample = flat[torch.linspace(0, flat.numel() - 1, min(64, flat.numel()), device=flat.device).long()]
+                h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+                h.update(sample.float().cpu().numpy().tobytes())
+            self._identity = h.hexdigest()
+        return self._identity
+
+    @torch.no_grad()
     def encode_image(self, image: Image.Image | str | Path) -> Tensor:
         """An image (or its path) -> projected patch embeddings [1, P, d_model]."""
         if not isinstance(image, Image.Image):
@@ -117,9 +135,10 @@ class Cobra:
                 yield event.text
 
     def generate(self, image: ImageInput, question: str, params: SamplingParams | None = None, **overrides) -> str:
-        """The whole reply (greedy by default; `overrides` are SamplingParams fields, e.g. max_new_tokens=64)."""
+        """The whole reply, stripped as the release's `generate` returns it (greedy by default; `overrides` are
+        SamplingParams fields, e.g. max_new_tokens=64). `stream` yields the text as generated, unstripped."""
         params = dataclasses.replace(params or SamplingParams(), **overrides)
-        return "".join(self.stream(image, question, params))
+        return "".join(self.stream(image, question, params)).strip()
 
     def score(self, image: ImageInput, question: str, answers: str = "yes-no") -> dict[str, float]:
         """Closed-set scoring (paper protocol): P(answer) over a single-token pair ("yes-no" or "true-false"),

@@ -20,7 +20,25 @@ def test_greedy_generation_is_deterministic_and_streams_the_same_text(cobra):
     image = sample_image()
     first = cobra.generate(image, "What is in the image?", max_new_tokens=12)
     assert first == cobra.generate(image, "What is in the image?", max_new_tokens=12)
-    assert "".join(cobra.stream(image, "What is in the image?", SamplingParams(max_new_tokens=12))) == first
+    assert "".join(cobra.stream(image, "What is in the image?", SamplingParams(max_new_tokens=12))).strip() == first
+
+
+def test_generate_returns_the_reply_stripped_as_the_release_does_and_stream_does_not(cobra):
+    streamed, generated = [], []
+    for seed in range(8):
+        params = SamplingParams(greedy=False, seed=seed, max_new_tokens=6)
+        streamed.append("".join(cobra.stream(sample_image(), "Describe it.", params)))
+        generated.append(cobra.generate(sample_image(), "Describe it.", params))
+    assert generated == [text.strip() for text in streamed]
+    assert any(text != text.strip() for text in streamed)  # the random model's replies do start with spaces
+
+
+def test_identity_tells_models_apart_and_names_the_same_weights_alike(cobra, tmp_path):
+    same = load(save_model_dir(*make_tiny_vlm(), tmp_path / "again"), device="cpu")
+    other = load(save_model_dir(*make_tiny_vlm(seed=1), tmp_path / "other"), device="cpu")
+    bf16 = load(save_model_dir(*make_tiny_vlm(), tmp_path / "bf16"), device="cpu", dtype="bfloat16")
+    assert cobra.identity() == same.identity()
+    assert len({cobra.identity(), other.identity(), bf16.identity()}) == 3
 
 
 def test_seeded_sampling_reproduces(cobra):

@@ -19,6 +19,7 @@ can be loaded, 2 for bad arguments or an unreadable --image.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random)")
     p.add_argument("--max-context-tokens", type=int, default=None,
                    help="conversation length limit in text tokens (default: the model's llm_max_length)")
+    p.add_argument("--history", choices=("release", "generated"), default="release",
+                   help="release: replies kept as the release keeps them (decoded, stripped, re-tokenized); "
+                        "generated: the generated token ids")
+    p.add_argument("--state-dir", type=Path, default=os.environ.get("COBRA_STATE_DIR") or None,
+                   help="folder where conversation states are also kept on disk (env COBRA_STATE_DIR): a "
+                        "conversation another chat, the app or the API already had resumes from there")
+    p.add_argument("--state-dir-size", default=os.environ.get("COBRA_STATE_DIR_SIZE") or "10GB",
+                   help="most bytes of state files in --state-dir (env COBRA_STATE_DIR_SIZE)")
     p.add_argument("--stats", action="store_true", help="print timing and token counts after each reply")
     return p
 
@@ -126,7 +135,8 @@ class _Chat:
         if stats.finish_reason == "context":
             print("(The conversation has reached the model's context limit: /reset or /undo to go on.)")
         if self.show_stats:
-            print(f"[{stats.finish_reason}: {stats.new_tokens} new tokens, {stats.prefill_tokens} prefilled"
+            print(f"[{stats.finish_reason}: {stats.new_tokens} new tokens, {stats.prefill_tokens} prefilled, "
+                  f"{stats.cached_tokens} of {stats.prompt_tokens} prompt tokens from the state store"
                   f"{f', {stats.rebuilt_tokens} rebuilt' if stats.rebuilt_tokens else ''}, "
                   f"first token {stats.ttft_s * 1000:.0f} ms, {stats.tokens_per_s:.1f} tok/s, "
                   f"context {stats.context_tokens}/{self.manager.max_context_tokens} tokens]")
@@ -220,9 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     cobra = _load_model(args)
     if cobra is None:
         return 1
+    from cobra_app.serving.config import parse_bytes
     from cobra_app.sessions import SessionManager
 
-    manager = SessionManager(cobra, max_context_tokens=args.max_context_tokens)
+    try:
+        state_dir_bytes = parse_bytes(args.state_dir_size)
+    except ValueError as exc:
+        parser.error(f"--state-dir-size: {exc}")
+    manager = SessionManager(cobra, max_context_tokens=args.max_context_tokens, history=args.history,
+                             state_dir=args.state_dir, state_dir_bytes=state_dir_bytes)
     chat = _Chat(manager, params, args.stats)
     if image is not None:
         manager.set_image(chat.sid, image)
@@ -230,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Cobra Chat - {info['model_id']} from {info['source']} ({info['device']}, {info['dtype']}); "
           f"{'image: ' + str(args.image) if image is not None else 'text only'}.")
     print(COMMANDS_HELP)
-    chat.run()
+    try:
+        chat.run()
+    finally:
+        manager.close()  # queued state files reach the disk
     return 0
 
 

@@ -37,20 +37,28 @@ class StepLM(Protocol):
 @dataclass(frozen=True)
 class TokenEvent:
     """One streamed item: an emitted token and the text it completes ("" while a character is incomplete, or
-    without a streamer). When text is still held back as decoding ends, a last event with token_id=None carries it."""
+    without a streamer). When text is still held back as decoding ends, a last event with token_id=None carries it.
+
+    With `Decoder(logprobs=k)`: `logprob` is the token's log-probability under the model's raw distribution (the
+    log-softmax of its logits over the tokenizer's vocabulary, before repetition penalty, temperature, top-k/top-p),
+    and `top_logprobs` the k most likely tokens there as (token id, logprob), most likely first."""
 
     token_id: int | None
     text: str = ""
+    logprob: float | None = None
+    top_logprobs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class DecodeResult:
-    """How a decoding run ended. `state` has consumed every emitted token except `last_token` (None if none)."""
+    """How a decoding run ended. `state` has consumed every emitted token except `last_token` (None if none);
+    `logits` [V] are the model's next-token logits at that state (the ones `last_token` was drawn from)."""
 
     token_ids: list[int]
     finish_reason: FinishReason
     state: Any
     last_token: int | None
+    logits: Tensor | None = None
 
     def closing_ids(self, eos_id: int) -> list[int]:
         """Ids still to feed so that `state` ends the assistant turn: the pending last token, then EOS unless the
@@ -68,6 +76,7 @@ class Decoder:
     token already emitted, with finish_reason "stopped". Abandoning the iteration (closing it) counts as a stop.
     history_ids: the prompt's ids, for the repetition penalty. streamer: fills `TokenEvent.text`.
     vocab_size: only logits[:vocab_size] are candidates (the model's rows beyond the tokenizer are padding).
+    logprobs: None, or k >= 0: each TokenEvent carries its token's logprob and the k most likely tokens' (raw model).
     """
 
     def __init__(
@@ -82,11 +91,15 @@ class Decoder:
         history_ids: Sequence[int] = (),
         streamer: TextStreamer | None = None,
         vocab_size: int | None = None,
+        logprobs: int | None = None,
     ):
         if first_logits.dim() != 1:
             raise ValueError(f"first_logits must be [vocab], got shape {tuple(first_logits.shape)}")
+        if logprobs is not None and logprobs < 0:
+            raise ValueError(f"logprobs must be None or >= 0, got {logprobs}")
         self.lm, self.params, self.eos_id = lm, params, eos_id
         self.stop_event, self.streamer, self.vocab_size = stop_event, streamer, vocab_size
+        self.logprobs = logprobs
         self.result: DecodeResult | None = None
         self._events = self._run(first_logits, state, list(history_ids))
 
@@ -102,6 +115,14 @@ class Decoder:
             logits, state = self.lm.step(torch.tensor([token], device=device), state)
         return logits, state
 
+    def _event(self, token: int, logits: Tensor) -> TokenEvent:
+        """The event of an emitted token drawn from logits [V]."""
+        text = self.streamer.put(token) if self.streamer else ""
+        if self.logprobs is None:
+            return TokenEvent(token, text)
+        logprob, top = token_logprobs(logits[: self.vocab_size], token, self.logprobs)
+        return TokenEvent(token, text, logprob, top)
+
     def _run(self, logits: Tensor, state: Any, history: list[int]) -> Iterator[TokenEvent]:
         p, device = self.params, logits.device
         generator = None if p.greedy else make_generator(p.seed, device)
@@ -115,14 +136,22 @@ class Decoder:
                 token = int(next_token(logits[:, : self.vocab_size], ids[:, :n], p, generator))
                 ids[0, n] = token
                 tokens.append(token)
-                yield TokenEvent(token, self.streamer.put(token) if self.streamer else "")
+                yield self._event(token, logits[0])
                 if token == self.eos_id or len(tokens) == p.max_new_tokens:
                     finish = "eos" if token == self.eos_id else "length"
                     break
         finally:  # also on close(): the result is consistent whenever the loop leaves
-            self.result = DecodeResult(tokens, finish, state, tokens[-1] if tokens else None)
+            self.result = DecodeResult(tokens, finish, state, tokens[-1] if tokens else None, logits[0])
         if self.streamer and (rest := self.streamer.flush()):
             yield TokenEvent(None, rest)
+
+
+def token_logprobs(logits: Tensor, token: int, k: int) -> tuple[float, tuple[tuple[int, float], ...]]:
+    """logits [V] -> (log-softmax at `token`, the k most likely (id, logprob), most likely first)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(log_probs, min(k, log_probs.shape[0])) if k else None
+    pairs = tuple(zip(top.indices.tolist(), top.values.tolist())) if top is not None else ()
+    return float(log_probs[token]), pairs
 
 
 def generate_text(

@@ -1,7 +1,7 @@
 """The app's settings: command-line flags, each with an environment variable (flag > variable > default).
 
     python app.py --model cobra+3b --device auto --dtype auto --host 127.0.0.1 --port 7860 --share \
-                  --memory-budget 2GB --concurrency 2
+                  --memory-budget 2GB --concurrency 2 --state-dir /data/cobra-states
     python app.py --model runs/my-run --llm models/mamba-2.8b-zephyr --vision-weights models/vision   # offline run
 
 On Hugging Face Spaces the platform sets GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; they are honoured when neither the
@@ -35,6 +35,14 @@ def parse_bytes(text: str | int) -> int:
     return value
 
 
+def _history(text: str) -> str:
+    from cobra_app.sessions import HISTORY_MODES
+
+    if text not in HISTORY_MODES:
+        raise ValueError(f"must be one of {', '.join(HISTORY_MODES)}, got {text!r}")
+    return text
+
+
 def _truthy(text: str) -> bool:
     return str(text).strip().lower() in ("1", "true", "yes", "on")
 
@@ -57,6 +65,9 @@ class AppConfig:
     max_image_bytes: int = 20 * 10**6  # uploads larger than this are refused before decoding
     max_image_pixels: int = 40 * 10**6  # images with more pixels than this are refused before decoding
     fallback_model: str = str(DEMO_MODEL_DIR)  # used (with a banner) when `model` cannot be fetched
+    history: str = "release"  # how replies enter the history: as the release keeps them, or the generated ids
+    state_dir: str | None = None  # folder of the disk tier of the state store (None: states in memory only)
+    state_dir_size: int = 10 * 10**9  # most bytes of state files kept there
 
 
 # field -> (flag, env var, parser, help)
@@ -84,6 +95,13 @@ OPTIONS: dict[str, tuple[str, str, object, str]] = {
     "max_image_pixels": ("--max-image-pixels", "COBRA_MAX_IMAGE_PIXELS", int, "most pixels an image may have"),
     "fallback_model": ("--fallback-model", "COBRA_FALLBACK_MODEL", str,
                        "model used when --model cannot be fetched (default: the bundled offline demo model)"),
+    "history": ("--history", "COBRA_HISTORY", _history,
+                ("release: replies kept as the release keeps them (decoded, stripped, re-tokenized); generated: "
+                 "the generated token ids")),
+    "state_dir": ("--state-dir", "COBRA_STATE_DIR", str,
+                  "folder where conversation states are also kept on disk, so they survive restarts"),
+    "state_dir_size": ("--state-dir-size", "COBRA_STATE_DIR_SIZE", parse_bytes,
+                       "most bytes of state files in --state-dir, least recently used removed first"),
 }
 
 

@@ -1,6 +1,8 @@
-"""Conversation sessions: image embeddings and Mamba state kept across turns (see `manager` for the API)."""
+"""Conversation sessions: image embeddings and Mamba states kept across turns, by content (see `manager` for the
+API, `engine` for a reply's life, `store` for the state store)."""
 
 from cobra_app.sessions.errors import (
+    BadConversation,
     ContextFull,
     EmptyMessage,
     NoSuchTurn,
@@ -8,17 +10,22 @@ from cobra_app.sessions.errors import (
     SessionError,
     SessionNotFound,
 )
-from cobra_app.sessions.manager import DEFAULT_MEMORY_BUDGET, SessionManager
+from cobra_app.sessions.keys import image_key, prefix_keys
+from cobra_app.sessions.manager import DEFAULT_MEMORY_BUDGET, DEFAULT_STATE_DIR_BYTES, SessionManager
 from cobra_app.sessions.memory import MemoryStore, measure_nbytes
 from cobra_app.sessions.protocol import SessionModel
 from cobra_app.sessions.reply import Reply, ReplyStats
-from cobra_app.sessions.session import Exchange, Session, Snapshot, image_key
+from cobra_app.sessions.session import HISTORY_MODES, Exchange, HistoryMode, Session, Snapshot
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "DEFAULT_STATE_DIR_BYTES",
+    "HISTORY_MODES",
+    "BadConversation",
     "ContextFull",
     "EmptyMessage",
     "Exchange",
+    "HistoryMode",
     "MemoryStore",
     "NoSuchTurn",
     "Reply",
@@ -32,4 +39,5 @@ __all__ = [
     "Snapshot",
     "image_key",
     "measure_nbytes",
+    "prefix_keys",
 ]

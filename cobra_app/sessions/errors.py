@@ -46,3 +46,11 @@ class NoSuchTurn(SessionError):
     """The turn to edit, regenerate or undo does not exist."""
 
     default_user_message = "There is no such message in this conversation."
+
+
+class BadConversation(SessionError):
+    """A conversation sent whole (`SessionManager.complete`) is not user/assistant messages alternating, starting
+    and ending with the user."""
+
+    default_user_message = ("The messages must alternate between the user and the assistant, starting and ending "
+                            "with a user message.")

@@ -1,6 +1,6 @@
 """The one model interface the sessions use: what `cobra_app.pipeline.Cobra` offers, as a typed Protocol.
 
-Every model call of the session layer goes through these three methods (never `cobra.vlm.llm`), so a stand-in model,
+Every model call of the session layer goes through `encode_image`, `prefill` and `step` (never `cobra.vlm.llm`), so a stand-in model,
 a recorder, or a model living in another process can take the model's place. States are values: no method modifies
 the state it is given; each returns a new one.
 """
@@ -36,7 +36,13 @@ class SessionModel(Protocol):
         """Tokens the tokenizer can produce (logits beyond are padding)."""
         ...
 
-    def info(self) -> dict[str, str | int]: ...
+    def info(self) -> dict[str, str | int]:
+        """What runs (model id, device, dtype, ops, ...); `state_bytes`: the size of one conversation state."""
+        ...
+
+    def identity(self) -> str:
+        """A digest of what makes two models' states interchangeable (config, weights, dtype, ops path)."""
+        ...
 
     def encode_image(self, image: Image.Image) -> Tensor:
         """An image -> its projected patch embeddings [1, P, d]."""

@@ -1,110 +1,88 @@
-"""The state store of the sessions: image embeddings, image-prefix states and turn-boundary snapshots in one byte
-budget (`MemoryStore`, LRU across sessions), and the model reads that fill it.
+"""The state store: conversation states by content key (`keys.prefix_keys`), in memory and optionally on disk.
 
-A missing boundary is rebuilt from the nearest earlier one still cached and the session's token history (boundary 0
-from the image embeddings, re-encoding the image if they are gone too): eviction loses nothing.
+Tiers: memory first (`MemoryStore`: one byte budget, LRU, shared with the image embeddings), then the optional disk
+tier (`DiskTier`: safetensors files, size-capped LRU). A state put here goes to memory at once and is queued for disk;
+a disk hit is brought back into memory. `longest` finds the longest cached prefix of a request's keys, which is all a
+session, a stateless API request or the terminal chat needs to resume: they prefill only what follows it.
+
+A state is bit-exact through both tiers (tests/sessions/test_store.py).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
-import torch
 from torch import Tensor
 
-from cobra_app.model.mamba import MambaState
+from cobra_app.sessions.disk import DiskTier
 from cobra_app.sessions.memory import MemoryStore
-from cobra_app.sessions.protocol import SessionModel
-from cobra_app.sessions.session import Session, Snapshot
-
-COUNTERS = ("hits", "misses", "rebuilds", "rebuilt_tokens", "image_encodes", "image_hits")
+from cobra_app.sessions.session import Snapshot
 
 
 class StateStore:
-    """Cached states of every session over one model. Model calls are serialised by `model_lock`.
+    """Snapshots (state + next-token logits) by content key, and image embeddings by (identity, image key)."""
 
-    Counters (`counters`): hits/misses of the state a turn starts from, rebuilds and the tokens they re-read,
-    image encodes and embedding hits.
-    """
+    def __init__(self, memory_budget_bytes: int, disk: DiskTier | None = None):
+        self.memory = MemoryStore(memory_budget_bytes)
+        self.disk = disk
+        self.counts: Counter[str] = Counter(memory_hits=0, disk_hits=0, lookups=0)
+        self._lock = threading.Lock()
 
-    def __init__(self, model: SessionModel, budget_bytes: int, model_lock: threading.RLock):
-        self.model, self.model_lock = model, model_lock
-        self.memory = MemoryStore(budget_bytes)
-        self.counters: Counter[str] = Counter({k: 0 for k in COUNTERS})
-        self._counter_lock = threading.Lock()
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.counts[name] += 1
 
-    def count(self, **deltas: int) -> None:
-        with self._counter_lock:
-            self.counters.update(deltas)
-
-    def read(self, ids: Sequence[int], state: MambaState | None, keep_logits: bool = True) -> tuple[Tensor | None,
-                                                                                                     MambaState]:
-        """Prefill `ids` on top of `state` -> (next-token logits [V] or None, new state), both owning their memory."""
-        with self.model_lock, torch.no_grad():
-            logits, new = self.model.prefill(torch.tensor([list(ids)], dtype=torch.long, device=self.model.device),
-                                             None, state, logits_to_keep=1)
-        return (logits[0, -1].clone() if keep_logits else None), new.clone()
-
-    def embeds(self, s: Session) -> Tensor:
-        """The session image's projected patch embeddings [1, P, d]: cached by content, encoded at most once while
-        cached (concurrent requests for one image wait for a single encode)."""
-        key = ("embeds", s.image_key)
-        embeds = self.memory.get(key)
-        if embeds is None:
-            with self.model_lock:
-                embeds = self.memory.get(key)
-                if embeds is None:
-                    embeds = self.model.encode_image(s.image).detach().clone()
-                    self.count(image_encodes=1)
-                    self.memory.put(key, embeds)
-                    return embeds
-        self.count(image_hits=1)
-        return embeds
-
-    def start_snapshot(self, s: Session) -> tuple[Snapshot, int]:
-        """Boundary 0: the state after the image patches (cached per image, shared), or the empty state.
-        Returns (snapshot, tokens read to compute it)."""
-        if s.image_key is None:
-            return Snapshot(None, None, 0), 0
-        key = ("prefix", s.image_key)
-        snap = self.memory.get(key)
-        if snap is not None:
-            return snap, 0
-        with self.model_lock:
-            snap = self.memory.get(key)
-            if snap is not None:
-                return snap, 0
-            embeds = self.embeds(s)
-            with torch.no_grad():
-                _, state = self.model.prefill(embeds.new_zeros((1, 0), dtype=torch.long), embeds, None)
-            snap = Snapshot(state.clone(), None, 0)
-            self.memory.put(key, snap)
-            return snap, int(embeds.shape[1])
-
-    def resolve(self, s: Session, boundary: int) -> tuple[Snapshot, int, bool]:
-        """Under s.lock: the snapshot at `boundary` -> (snapshot, tokens re-read, cache hit). A missing snapshot is
-        rebuilt from the nearest earlier cached boundary and the token history, then cached."""
-        if boundary == 0:
-            snap, rebuilt = self.start_snapshot(s)
-            self.count(hits=int(rebuilt == 0), misses=int(rebuilt > 0), rebuilds=int(rebuilt > 0),
-                       rebuilt_tokens=rebuilt)
-            return snap, rebuilt, rebuilt == 0
-        key = s.snapshot_key(boundary)
-        snap = self.memory.get(key)
-        if snap is not None:
-            self.count(hits=1)
-            return snap, 0, True
-        j, base = boundary - 1, None
-        while j > 0 and (base := self.memory.peek(s.snapshot_key(j))) is None:
-            j -= 1
-        rebuilt = 0
-        if j == 0:
-            base, rebuilt = self.start_snapshot(s)
-        ids = [i for b in range(j + 1, boundary + 1) for i in s.segment_ids(b)]
-        logits, state = self.read(ids, base.state, keep_logits=bool(boundary % 2))
-        snap = Snapshot(state, logits, base.text_tokens + len(ids))
+    def put(self, key: str, snap: Snapshot) -> None:
+        """Keep `snap` (a value: never modified afterwards) under `key`, in memory and queued for disk."""
         self.memory.put(key, snap)
-        self.count(misses=1, rebuilds=1, rebuilt_tokens=rebuilt + len(ids))
-        return snap, rebuilt + len(ids), False
+        if self.disk is not None:
+            self.disk.put(key, snap)
+
+    def get(self, key: str) -> Snapshot | None:
+        """The snapshot under `key`: from memory, else from disk (then kept in memory too), else None."""
+        snap = self.memory.get(key)
+        if snap is not None:
+            self._count("memory_hits")
+            return snap
+        if self.disk is not None and (snap := self.disk.get(key)) is not None:
+            self._count("disk_hits")
+            self.memory.put(key, snap)
+        return snap
+
+    def longest(self, keys: Sequence[str]) -> tuple[int, Snapshot] | None:
+        """(i, snapshot) for the largest i whose key is stored in either tier, or None. A file that turns out
+        unreadable is skipped (the next shorter prefix is tried)."""
+        self._count("lookups")
+        for i in range(len(keys) - 1, -1, -1):
+            key = keys[i]
+            if key in self.memory or (self.disk is not None and key in self.disk):
+                snap = self.get(key)
+                if snap is not None:
+                    return i, snap
+        return None
+
+    def demote(self, keys: list[str]) -> None:
+        """Let these states go first when memory is needed (they stay on disk)."""
+        self.memory.demote(keys)
+
+    def embeds(self, key: Hashable) -> Tensor | None:
+        return self.memory.get(("embeds", key))
+
+    def put_embeds(self, key: Hashable, embeds: Tensor) -> None:
+        self.memory.put(("embeds", key), embeds)
+
+    def flush(self) -> None:
+        """Wait for queued disk writes."""
+        if self.disk is not None:
+            self.disk.flush()
+
+    def stats(self) -> dict[str, int]:
+        memory, disk = self.memory, self.disk
+        out = {"bytes_in_use": memory.bytes_in_use, "budget_bytes": memory.budget_bytes, "evictions": memory.evictions,
+               "entries": len(memory), "peak_bytes": memory.peak_bytes, "oversized": memory.oversized, **self.counts}
+        if disk is not None:
+            out.update(disk_entries=len(disk), disk_bytes=disk.bytes_in_use, disk_budget_bytes=disk.max_bytes,
+                       disk_writes=disk.writes, disk_errors=disk.errors, disk_dropped=disk.dropped)
+        return out

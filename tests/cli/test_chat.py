@@ -8,6 +8,7 @@ import torch
 
 from cobra_app import pipeline
 from cobra_app.cli import chat
+from cobra_app.generation import SamplingParams
 from cobra_app.loading import ModelUnavailableError, save_model_dir
 from tests.helpers import make_tiny_vlm, sample_image
 
@@ -50,7 +51,7 @@ def replies(out: str) -> list[str]:
 
 def test_chat_commands(monkeypatch, capsys, model_dir, images):
     cobra = pipeline.load(model_dir, "cpu")
-    first = cobra.generate(images[0], "What is in the image?", max_new_tokens=8)
+    first = "".join(cobra.stream(images[0], "What is in the image?", SamplingParams(max_new_tokens=8)))
     lines = ["What is in the image?", "Is there a dog?", "/regen", "/undo", "/history", "/reset", "/history",
              "Tell me more.", f"/image {images[1]}", "/image /no/such/file.png", "/bogus", "", "/stats", "/quit",
              "never read"]
@@ -109,6 +110,16 @@ def test_default_model_falls_back_to_the_demo_model_with_a_notice(monkeypatch, c
     assert code == 1 and "is missing too" in err
     code, _, err = run_chat(monkeypatch, capsys, ["--model", "cobra+3b"], ["Hello"])
     assert code == 1 and "unavailable" in err  # an explicit model is not silently replaced
+
+
+def test_a_second_chat_over_the_same_state_dir_resumes_from_disk(monkeypatch, capsys, model_dir, images, tmp_path):
+    argv = ["--model", str(model_dir), "--image", str(images[0]), "--max-new-tokens", "6", "--device", "cpu",
+            "--stats", "--state-dir", str(tmp_path / "states")]
+    _, first, _ = run_chat(monkeypatch, capsys, argv, ["What is in the image?"])
+    assert " prefilled" in first and ", 0 prefilled" not in first
+    _, second, _ = run_chat(monkeypatch, capsys, argv, ["What is in the image?"])  # a new process, in effect
+    assert ", 0 prefilled" in second and replies(second) == replies(first)
+    assert list((tmp_path / "states").glob("*/*.safetensors"))
 
 
 def test_bad_arguments(monkeypatch, capsys, model_dir, tmp_path):

@@ -6,7 +6,15 @@ import time
 
 from cobra_app.sessions import ReplyInProgress, SessionManager
 from tests.helpers import sample_image
-from tests.sessions.support import MESSAGES, drain, measured_bytes, sampled, session_of, state_rel_diff
+from tests.sessions.support import (
+    MESSAGES,
+    ModelWrapper,
+    drain,
+    measured_bytes,
+    sampled,
+    session_of,
+    state_rel_diff,
+)
 
 THREADS, SESSIONS_PER_THREAD, TURNS = 16, 4, 3
 
@@ -148,13 +156,10 @@ def test_threads_under_a_tight_budget_rebuild_correctly_and_stay_under_it(cobra)
         assert state_rel_diff(state, full_state) < 1e-5
 
 
-class SlowSteps:
-    def __init__(self, lm):
-        self.lm = lm
-
+class SlowSteps(ModelWrapper):
     def step(self, input_ids, state):
         time.sleep(0.01)
-        return self.lm.step(input_ids, state)
+        return self.model.step(input_ids, state)
 
 
 def test_replies_generating_together_share_decode_steps(cobra):
@@ -174,8 +179,7 @@ def test_replies_generating_together_share_decode_steps(cobra):
         run(serial, sid, i)
         expected.append((outcome(serial, sid), serial.snapshot(sid).state))
 
-    manager = SessionManager(cobra, max_batch=4)
-    manager._step_lm.lm = SlowSteps(manager._step_lm.lm)  # steps take long enough for concurrent ones to queue
+    manager = SessionManager(SlowSteps(cobra), max_batch=4)  # steps take long enough for concurrent ones to queue
     sids = [manager.open_session() for _ in range(4)]
     threads = [threading.Thread(target=run, args=(manager, sid, i)) for i, sid in enumerate(sids)]
     for t in threads:

@@ -12,7 +12,7 @@ from cobra_app.sessions import (
     SessionNotFound,
 )
 from tests.helpers import sample_image
-from tests.sessions.support import drain, entry_keys, full_recompute, state_rel_diff
+from tests.sessions.support import assert_evicted_first, drain, full_recompute, state_rel_diff, stored_keys
 
 
 def test_context_full_is_reported_before_prefill_and_the_conversation_stays_usable(cobra):
@@ -54,9 +54,11 @@ def test_vanished_sessions_say_so_in_plain_words(cobra):
     with pytest.raises(SessionNotFound) as err:
         manager.send("no-such-session", "Hello", SamplingParams())
     assert err.value.reason == "unknown" and "start a new conversation" in err.value.user_message
-    sid = manager.open_session()
-    assert len(sid) >= 20 and sid != manager.open_session()
+    sid, other = manager.open_session(), manager.open_session()
+    assert len(sid) >= 20 and sid != other
     drain(manager.send(sid, "Hello", SamplingParams(max_new_tokens=3)))
+    drain(manager.send(other, "Hi there", SamplingParams(max_new_tokens=3)))
+    keys = stored_keys(manager, sid)
     manager.close_session(sid)
     manager.close_session(sid)  # closing twice is harmless
     for call in (lambda: manager.history(sid), lambda: manager.undo(sid), lambda: manager.set_image(sid, None),
@@ -64,17 +66,19 @@ def test_vanished_sessions_say_so_in_plain_words(cobra):
         with pytest.raises(SessionNotFound) as err:
             call()
         assert err.value.reason == "closed" and "closed" in err.value.user_message
-    assert not any(k[0] == "snapshot" for k in entry_keys(manager.store.memory))
+    assert_evicted_first(manager.store.memory, keys)  # its states go before the other session's
 
 
 def test_closing_a_session_with_a_reply_in_flight_stops_it(cobra):
     manager = SessionManager(cobra)
-    sid = manager.open_session()
+    sid, other = manager.open_session(), manager.open_session()
+    drain(manager.send(other, "Hi there", SamplingParams(max_new_tokens=3)))
     reply = manager.send(sid, "Hello", SamplingParams(max_new_tokens=30))
     next(reply)
+    keys = stored_keys(manager, sid)
     manager.close_session(sid)
-    assert reply.done and list(reply) == [] and manager.stats()["sessions"] == 0
-    assert not any(k[0] == "snapshot" for k in entry_keys(manager.store.memory))
+    assert reply.done and list(reply) == [] and manager.stats()["sessions"] == 1
+    assert_evicted_first(manager.store.memory, keys)
 
 
 def test_empty_messages_and_missing_turns(cobra):

@@ -11,6 +11,7 @@ from cobra_app.sessions import MemoryStore, SessionManager, SessionNotFound, Sna
 from tests.helpers import sample_image
 from tests.sessions.support import (
     MESSAGES,
+    assert_evicted_first,
     drain,
     entry_keys,
     full_recompute,
@@ -19,6 +20,7 @@ from tests.sessions.support import (
     sampled,
     session_of,
     state_rel_diff,
+    stored_keys,
 )
 
 
@@ -96,7 +98,7 @@ def test_conversations_continue_through_rebuilds_and_bytes_stay_under_budget(cob
     if budget_states >= 1:
         assert stats["evictions"] > 0
     else:  # nothing fits: every turn rebuilds from the image, re-encoded each time
-        assert not any(k[0] in ("snapshot", "prefix") for k in entry_keys(small.store.memory))
+        assert all(isinstance(k, tuple) and k[0] == "embeds" for k in entry_keys(small.store.memory))
         assert stats["oversized"] > 0 and stats["image_encodes"] > len(images)
     assert roomy.stats()["rebuilds"] == 0 and roomy.stats()["image_encodes"] == len(images)
 
@@ -125,18 +127,19 @@ def test_regenerate_and_edit_after_eviction_rebuild_from_history(cobra):
     assert state_rel_diff(manager.snapshot(sid).state, state) < 1e-5
 
 
-def test_idle_sessions_expire_and_free_their_memory(cobra):
+def test_idle_sessions_expire_and_their_memory_goes_first(cobra):
     now = [0.0]
     manager = SessionManager(cobra, idle_timeout_s=600, clock=lambda: now[0])
     old, fresh = manager.open_session(), manager.open_session()
     manager.set_image(old, sample_image())
     drain(manager.send(old, MESSAGES[0], SamplingParams(max_new_tokens=4)))
+    old_keys = stored_keys(manager, old)
     now[0] = 500.0
     drain(manager.send(fresh, MESSAGES[0], SamplingParams(max_new_tokens=4)))
     now[0] = 1000.0  # old: idle 1000 s > 600 s; fresh: idle 500 s
     stats = manager.stats()
     assert stats["sessions"] == 1
-    assert not any(k[0] == "snapshot" and k[1] == old for k in entry_keys(manager.store.memory))
+    assert_evicted_first(manager.store.memory, old_keys)
     with pytest.raises(SessionNotFound) as err:
         manager.send(old, "Are you there?", SamplingParams(max_new_tokens=4))
     assert err.value.reason == "expired" and "expired after 10 minutes" in err.value.user_message
@@ -149,14 +152,16 @@ def test_idle_sessions_expire_and_free_their_memory(cobra):
 
 def test_old_turns_of_a_long_chat_go_before_other_sessions_current_state(cobra):
     state_bytes, logits_bytes, _ = _entry_sizes(cobra, sample_image())
-    turn_bytes = 2 * state_bytes + logits_bytes  # a turn's "before" (state + logits) and "after" snapshots
-    manager = SessionManager(cobra, memory_budget_bytes=4 * turn_bytes + 500)
+    # room for six states: the other session's (before its reply, and after most of it), the long chat's last two
+    # exchanges' (the same two each): the long chat's older states must go first
+    manager = SessionManager(cobra, memory_budget_bytes=6 * (state_bytes + logits_bytes) + 500,
+                             max_context_tokens=4096)
     long_chat, other = manager.open_session(), manager.open_session()
-    drain(manager.send(other, MESSAGES[0], sampled(0)))
+    drain(manager.send(other, "A question nobody else asks", sampled(0)))  # no state shared with the long chat
     for i in range(8):
         drain(manager.send(long_chat, MESSAGES[i % len(MESSAGES)], sampled(i)))
     assert manager.stats()["evictions"] > 0
-    reply = manager.send(other, MESSAGES[1], sampled(1))
+    reply = manager.send(other, "And another one", sampled(1))
     drain(reply)
     assert reply.stats.cache_hit and reply.stats.rebuilt_tokens == 0  # its state outlived the long chat's old turns
     reply = manager.edit(long_chat, 1, "An edit of an old message", sampled(9))

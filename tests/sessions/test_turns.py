@@ -6,10 +6,11 @@ import pytest
 
 from cobra_app.generation import SamplingParams
 from cobra_app.sessions import ReplyInProgress, SessionManager
+from cobra_app.sessions.session import reply_segment
 from tests.helpers import sample_image
 from tests.sessions.support import (
     MESSAGES,
-    RecordingLM,
+    RecordingModel,
     drain,
     full_recompute,
     full_recompute_reply,
@@ -30,31 +31,35 @@ def assert_state_is_full_recompute(manager, sid, cobra, image):
     assert state_rel_diff(cached, state) < TOL
 
 
+@pytest.mark.parametrize("history", ["release", "generated"])
 @pytest.mark.parametrize("with_image", [True, False], ids=["image", "text-only"])
 @pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
-def test_six_turns_cached_equal_full_recompute(cobra, with_image, greedy):
+def test_six_turns_cached_equal_full_recompute(cobra, with_image, greedy, history):
     image = sample_image() if with_image else None
-    manager = SessionManager(cobra)
-    recorder = RecordingLM(cobra.vlm.llm)
-    manager._step_lm.lm = recorder  # observe the logits every decode step really produced
+    model = RecordingModel(cobra)  # observe the logits every decode step really produced
+    manager = SessionManager(model, history=history)
     sid = manager.open_session()
     manager.set_image(sid, image)
-    turn_logits, turn_stats = [], []
+    turn_logits, turn_stats, previous_reply = [], [], []
     for i, message in enumerate(MESSAGES):
-        recorder.logits.clear()
+        model.logits.clear()
         params = SamplingParams(max_new_tokens=6 + i) if greedy else sampled(seed=100 + i, max_new_tokens=6 + i)
         reply = manager.send(sid, message, params)
         text = drain(reply)
         before = manager.snapshot(sid, i, "before")
-        turn_logits.append([before.logits, *recorder.logits])  # the logits each reply token was chosen from
+        turn_logits.append([before.logits, *model.logits])  # the logits each reply token was chosen from
         turn_stats.append(reply.stats)
         assert manager.history(sid)[i] == (message, text)
-        # the new user segment is all that was prefilled; nothing was rebuilt
-        assert reply.stats.prefill_tokens == len(cobra.turns.user_turn_ids(message, first=i == 0))
+        # read: only what follows the stored state, at most the previous reply's history ids and this message
+        exchange = session_of(manager, sid).exchanges[i]
         assert reply.stats.rebuilt_tokens == 0 and reply.stats.cache_hit
+        assert 0 < reply.stats.prefill_tokens <= len(exchange.user_ids) + len(previous_reply)
+        if history == "generated" and i:  # the decoder's state is kept: the last reply id and EOS are left
+            assert reply.stats.prefill_tokens <= len(exchange.user_ids) + 2
+        previous_reply = exchange.reply_ids
 
     ids = manager.token_ids(sid)
-    full_logits, full_state = full_recompute(cobra, image, ids)
+    _, full_state = full_recompute(cobra, image, ids)
     assert state_rel_diff(manager.snapshot(sid).state, full_state) < TOL
     assert manager.snapshot(sid).state.seqlen == full_state.seqlen == len(ids) + (16 if with_image else 0)
 
@@ -63,14 +68,17 @@ def test_six_turns_cached_equal_full_recompute(cobra, with_image, greedy):
     for i, turn in enumerate(session.exchanges):
         pos += len(turn.user_ids)
         assert len(turn_logits[i]) == len(turn.generated_ids) >= 1
-        for j, logits in enumerate(turn_logits[i]):  # reply token j sits at pos + j, chosen from logits at pos + j - 1
-            assert rel_diff(logits, full_logits[pos + j - 1]) < TOL, (i, j)
-        assert turn.reply_ids == turn.generated_ids + ([] if turn.generated_ids[-1] == cobra.turns.eos_id else [0])
+        # reply token j was chosen from the logits after the prompt and the reply's first j ids
+        reply_logits, _ = full_recompute(cobra, image, ids[:pos] + turn.generated_ids[:-1])
+        for j, logits in enumerate(turn_logits[i]):
+            assert rel_diff(logits, reply_logits[pos + j - 1]) < TOL, (i, j)
+        assert (turn.reply, turn.reply_ids) == reply_segment(turn.generated_ids, history, cobra.turns,
+                                                             cobra.tokenizer)
         # the same reply as a stateless pipeline reading the whole conversation from scratch
         params = SamplingParams(max_new_tokens=6 + i) if greedy else sampled(seed=100 + i, max_new_tokens=6 + i)
         assert full_recompute_reply(cobra, image, ids[:pos], params) == turn.generated_ids
         pos += len(turn.reply_ids)
-        # each saved "after" snapshot equals the recompute of the prefix it closes
+        # the state at the end of each exchange equals the recompute of the prefix it closes
         _, prefix_state = full_recompute(cobra, image, ids[:pos])
         assert state_rel_diff(manager.snapshot(sid, i, "after").state, prefix_state) < TOL
         assert turn_stats[i].context_tokens == pos
@@ -136,9 +144,10 @@ def test_edit_restores_the_state_at_that_turn(cobra, image, turn_index):
     reply = manager.edit(sid, turn_index, "Edited: what colour is the sofa?", sampled(42))
     text = drain(reply)
     assert manager.history(sid) == kept + [("Edited: what colour is the sofa?", text)]
-    assert reply.stats.prefill_tokens == len(cobra.turns.user_turn_ids("Edited: what colour is the sofa?",
-                                                                       first=turn_index == 0))
-    assert reply.stats.rebuilt_tokens == 0  # started from the saved state at that turn
+    edited = session_of(manager, sid).exchanges[turn_index]
+    previous = session_of(manager, sid).exchanges[turn_index - 1].reply_ids if turn_index else []
+    assert len(edited.user_ids) <= reply.stats.prefill_tokens <= len(edited.user_ids) + len(previous)
+    assert reply.stats.rebuilt_tokens == 0  # started from the state stored at that turn
     assert_state_is_full_recompute(manager, sid, cobra, image)
     ids = manager.token_ids(sid)
     turn = session_of(manager, sid).exchanges[-1]
@@ -148,8 +157,9 @@ def test_edit_restores_the_state_at_that_turn(cobra, image, turn_index):
     assert_state_is_full_recompute(manager, sid, cobra, image)
 
 
-def test_stop_mid_reply_keeps_the_partial_reply_and_the_next_turn_equals_full_recompute(cobra, image):
-    manager = SessionManager(cobra)
+@pytest.mark.parametrize("history", ["release", "generated"])
+def test_stop_mid_reply_keeps_the_partial_reply_and_the_next_turn_equals_full_recompute(cobra, image, history):
+    manager = SessionManager(cobra, history=history)
     sid = manager.open_session()
     manager.set_image(sid, image)
     drain(manager.send(sid, MESSAGES[0], sampled(1)))
@@ -160,7 +170,7 @@ def test_stop_mid_reply_keeps_the_partial_reply_and_the_next_turn_equals_full_re
     assert list(reply) == [] and reply.done and reply.stats.finish_reason == "stopped"
     turn = session_of(manager, sid).exchanges[-1]
     assert 3 <= len(turn.generated_ids) < 40
-    assert turn.reply_ids == turn.generated_ids + [cobra.turns.eos_id]
+    assert (turn.reply, turn.reply_ids) == reply_segment(turn.generated_ids, history, cobra.turns, cobra.tokenizer)
     assert manager.history(sid)[-1] == (MESSAGES[1], cobra.tokenizer.decode(turn.generated_ids,
                                                                               skip_special_tokens=True))
     assert manager.history(sid)[-1][1].startswith("".join(streamed))
@@ -171,7 +181,7 @@ def test_stop_mid_reply_keeps_the_partial_reply_and_the_next_turn_equals_full_re
     ids = manager.token_ids(sid)
     last = session_of(manager, sid).exchanges[-1]
     prompt = ids[: len(ids) - len(last.reply_ids)]
-    assert turn.generated_ids == prompt[-len(turn.reply_ids) - len(last.user_ids): -len(last.user_ids) - 1]
+    assert turn.reply_ids == prompt[-len(turn.reply_ids) - len(last.user_ids): -len(last.user_ids)]
     assert full_recompute_reply(cobra, image, prompt, sampled(5)) == last.generated_ids
     assert_state_is_full_recompute(manager, sid, cobra, image)
 
@@ -303,11 +313,15 @@ def test_follow_up_turns_cost_only_their_new_tokens(cobra, image):
     manager = SessionManager(cobra)
     sid = manager.open_session()
     manager.set_image(sid, image)
-    processed = []
+    previous_reply = []
     for i in range(6):
         reply = manager.send(sid, "Tell me more.", SamplingParams(max_new_tokens=5))
         drain(reply)
-        processed.append(reply.stats.processed_tokens)
-        assert reply.stats.image_tokens == 16
-    assert len(set(processed[1:])) == 1  # constant per turn, while the conversation grows
-    assert reply.stats.context_tokens == len(manager.token_ids(sid)) > 5 * processed[-1]
+        stats, exchange = reply.stats, session_of(manager, sid).exchanges[-1]
+        # everything the model read: the new part of the prompt (one chunk), then one step per token but the last
+        new = len(exchange.user_ids) + len(previous_reply)
+        assert stats.processed_tokens == stats.prefill_tokens + stats.new_tokens - 1 <= new + 5 - 1
+        assert stats.image_tokens == 16 and stats.prompt_tokens == 16 + stats.context_tokens - len(exchange.reply_ids)
+        assert stats.cached_tokens == stats.prompt_tokens - stats.prefill_tokens  # the rest came from the store
+        previous_reply = exchange.reply_ids
+    assert stats.context_tokens == len(manager.token_ids(sid)) > 3 * stats.processed_tokens

@@ -45,8 +45,10 @@ def test_send_streams_then_shows_the_speed_line_and_follow_ups_read_only_new_tok
     assert state == line2.split("state ")[1].split(" (constant)")[0]  # same state size, longer context
     read = int(line2.split("read ")[1].split(" ")[0])
     context = int(line2.split(" tokens in context")[0].split(" · ")[-1])
-    # the follow-up read only its own turn's tokens, not the conversation
-    assert read == len(ui.manager.cobra.turns.user_turn_ids("And what else?", first=False)) < context
+    # the follow-up read only what the stored state lacked (at most the last reply and its own turn), not the
+    # conversation
+    first_reply, second = ui.manager.registry.peek(sid).exchanges
+    assert len(second.user_ids) <= read <= len(first_reply.reply_ids) + len(second.user_ids) < context
     assert notes.warnings == []
 
 
