@@ -18,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; the
 def build(cfg):
     """(gr.Blocks, ModelChoice) for an AppConfig."""
     from cobra_app.sessions import SessionManager
+    from cobra_app.ui.spaces import session_gpu_call
     from cobra_app.paths import EXAMPLES_DIR
     from cobra_app.ui.examples import load_examples
     from cobra_app.ui.chat_view import model_info_markdown
@@ -30,7 +31,8 @@ def build(cfg):
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
                           vision=cfg.vision_weights)
     manager = SessionManager(choice.cobra, memory_budget_bytes=cfg.memory_budget, idle_timeout_s=cfg.idle_timeout,
-                             history=cfg.history, state_dir=cfg.state_dir, state_dir_bytes=cfg.state_dir_size)
+                             history=cfg.history, state_dir=cfg.state_dir, state_dir_bytes=cfg.state_dir_size,
+                             gpu_call=session_gpu_call())  # ZeroGPU: each model call on a GPU worker
     atexit.register(manager.close)  # queued state files reach the disk before the process ends
     handlers = ChatHandlers(manager, image_limits=ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels),
                             param_limits=ParamLimits(max_new_tokens=cfg.max_new_tokens), notifier=GradioNotifier())

@@ -193,7 +193,7 @@ def wire_image(handlers: ChatHandlers, sid: gr.State, image: gr.Image, talk: Con
         questions = gr.Dataset(samples=[[q] for q in suggest.for_image(shown)])
         return sid_value, messages, gr.skip() if shown == image else shown, questions
 
-    image.change(gpu(on_image), [image, sid], [sid, talk.chat, image, talk.suggestions], api_name="set_image",
+    image.change(on_image, [image, sid], [sid, talk.chat, image, talk.suggestions], api_name="set_image",
                  show_progress="minimal", preprocess=False, **model)
     talk.suggestions.click(lambda sample: sample[0], [talk.suggestions], [talk.message], api_visibility="private",
                            **CHEAP_EVENTS)
@@ -207,7 +207,7 @@ def wire_replies(handlers: ChatHandlers, sid: gr.State, image: gr.Image, talk: C
         yield from handlers.send(image_path(image), message, sid_value, ParamValues(**values),
                                  browser_id=_browser_id(request))
 
-    send = dict(fn=gpu(on_send), inputs=[image, talk.message, sid], inputs_kwargs=params,
+    send = dict(fn=on_send, inputs=[image, talk.message, sid], inputs_kwargs=params,
                 outputs=[sid, talk.chat, talk.message], show_progress="minimal", trigger_mode="once",
                 preprocess=False, **model)
     talk.send.click(api_name="chat", **send)
@@ -216,7 +216,7 @@ def wire_replies(handlers: ChatHandlers, sid: gr.State, image: gr.Image, talk: C
     def on_regenerate(sid_value, request: gr.Request, **values):
         yield from handlers.regenerate(sid_value, ParamValues(**values), browser_id=_browser_id(request))
 
-    regenerate = dict(fn=gpu(on_regenerate), inputs=[sid], inputs_kwargs=params, outputs=[sid, talk.chat],
+    regenerate = dict(fn=on_regenerate, inputs=[sid], inputs_kwargs=params, outputs=[sid, talk.chat],
                       show_progress="minimal", **model)
     talk.regenerate.click(api_name="regenerate", trigger_mode="once", **regenerate)
     talk.chat.retry(api_visibility="private", **regenerate)
@@ -225,7 +225,7 @@ def wire_replies(handlers: ChatHandlers, sid: gr.State, image: gr.Image, talk: C
         index = edit.index if isinstance(edit.index, int) else edit.index[0]
         yield from handlers.edit(index, edit.value, sid_value, ParamValues(**values), browser_id=_browser_id(request))
 
-    talk.chat.edit(gpu(on_edit), [sid], [sid, talk.chat], inputs_kwargs=params, api_visibility="private",
+    talk.chat.edit(on_edit, [sid], [sid, talk.chat], inputs_kwargs=params, api_visibility="private",
                    show_progress="minimal", **model)
 
     def api_edit(turn, message, sid_value, request: gr.Request, **values):
@@ -234,7 +234,7 @@ def wire_replies(handlers: ChatHandlers, sid: gr.State, image: gr.Image, talk: C
     # /edit for API clients: replace user message `turn` (0-based) and reply anew
     edit_turn = gr.Number(visible=False, precision=0, label="turn")
     edit_text = gr.Textbox(visible=False, label="message")
-    gr.Button(visible=False).click(gpu(api_edit), [edit_turn, edit_text, sid], [sid, talk.chat], inputs_kwargs=params,
+    gr.Button(visible=False).click(api_edit, [edit_turn, edit_text, sid], [sid, talk.chat], inputs_kwargs=params,
                                    api_name="edit", **model)
 
 
@@ -262,7 +262,7 @@ def wire_probe(handlers: ChatHandlers, sid: gr.State, image: gr.Image, probe: Pr
     def on_probe(image, question, sid_value, request: gr.Request):
         return handlers.probe(image_path(image), question, sid_value, _browser_id(request))
 
-    run = dict(fn=gpu(on_probe), inputs=[image, probe.question, sid], outputs=[sid, probe.bars, probe.numbers],
+    run = dict(fn=on_probe, inputs=[image, probe.question, sid], outputs=[sid, probe.bars, probe.numbers],
                show_progress="minimal", preprocess=False, **model)
     probe.button.click(api_name="probe", **run)
     probe.question.submit(api_visibility="private", **run)
