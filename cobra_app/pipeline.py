@@ -78,7 +78,8 @@ class Cobra:
             h.update(json.dumps([self.config.to_dict(), self.vlm.llm.ops.name, self.device.type]).encode())
             for name, tensor in sorted(self.vlm.state_dict().items()):
                 flat = tensor.detach().reshape(-1)
-                sample = flat[torch.linspace(0, flat.numel() - 1, min(64, flat.numel()), device=flat.device).long()]
+                k = min(64, flat.numel())
+                sample = flat[torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)]
                 h.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
                 h.update(sample.float().cpu().numpy().tobytes())
             self._identity = h.hexdigest()

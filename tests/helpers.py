@@ -1,7 +1,9 @@
 """Shared test helpers: a tiny GPT-NeoX-like tokenizer trained in-process (tests never download anything)."""
 
+from collections.abc import Iterator
 from functools import lru_cache
 
+import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -140,3 +142,16 @@ def publish_tiny_llm(monkeypatch, cache, vlm, tokenizer) -> None:
 
     register_tiny_llm(monkeypatch)
     write_llm_repo(cache, TINY_LLM_REPO, vlm.config.llm, tokenizer)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU OpenMP's spinning makes them many
+    times slower (a forked child must not reuse the parent's pool either): one thread, restored afterwards. Use it
+    with `pytestmark = pytest.mark.usefixtures("one_torch_thread")` after importing it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

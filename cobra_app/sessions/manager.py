@@ -40,6 +40,7 @@ API (thread-safe; every method may be called from any thread)
                                            prefix and stores the states the next request (the same conversation plus
                                            a reply and a message) resumes from. top_logprobs: None, or k for
                                            `Reply.events()` to carry each token's logprob and the k most likely.
+    conversation_ids(messages) -> list[int]    the text ids `complete` reads for those messages
     stats() -> dict                        sessions, replies_in_flight, the store's (bytes_in_use, budget_bytes,
                                            evictions, entries, peak_bytes, oversized, memory_hits, disk_hits, disk_*),
                                            hits/misses/rebuilds/rebuilt_tokens (a session turn resumed where it
@@ -241,7 +242,7 @@ class SessionManager:
     def complete(self, image: Image.Image | None, messages: Sequence[tuple[str, str]],
                  params: SamplingParams | None = None, *, top_logprobs: int | None = None) -> Reply:
         params, t0 = _check_params(params), time.perf_counter()
-        prompt = self._conversation_ids(messages)
+        prompt = self.conversation_ids(messages)
         key = image_key(image)
         resume = self.engine.locate(image, key, prompt)
         params, cap = self._fit(len(prompt), params)
@@ -255,8 +256,10 @@ class SessionManager:
         self._completions.add(run)
         return Reply(run)
 
-    def _conversation_ids(self, messages: Sequence[tuple[str, str]]) -> list[int]:
-        """(role, text) pairs -> the prompt's ids, per-turn strings of the prompt builder (replies stripped)."""
+    def conversation_ids(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """(role, text) pairs (as `complete` takes them) -> the prompt's text ids: the prompt builder's per-turn
+        strings, replies stripped, as the release builds them. BadConversation, EmptyMessage, ContextFull as
+        `complete` raises them."""
         messages = list(messages)
         roles = [m[0] if isinstance(m, (tuple, list)) and len(m) == 2 else None for m in messages]
         if not messages or len(messages) % 2 == 0 or any(

@@ -4,22 +4,16 @@ import io
 import sys
 
 import pytest
-import torch
 
 from cobra_app import pipeline
 from cobra_app.cli import chat
 from cobra_app.generation import SamplingParams
 from cobra_app.loading import ModelUnavailableError, save_model_dir
-from tests.helpers import make_tiny_vlm, sample_image
+from tests.helpers import make_tiny_vlm, one_torch_thread, sample_image  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """A tiny model on a busy shared CPU: one intra-op thread is many times faster (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

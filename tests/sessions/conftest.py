@@ -1,10 +1,9 @@
 """Fixtures for the session tests: one tiny fp32 Cobra shared by all of them (managers are per test)."""
 
 import pytest
-import torch
 
 from cobra_app.pipeline import Cobra
-from tests.helpers import make_tiny_vlm, sample_image
+from tests.helpers import make_tiny_vlm, one_torch_thread, sample_image  # noqa: F401 - a fixture
 
 
 @pytest.fixture(scope="session")
@@ -19,10 +18,6 @@ def image():
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU OpenMP's spinning makes them many
-    times slower; run these tests on one thread (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(request):
+    """Every session test runs on one torch thread."""
+    request.getfixturevalue("one_torch_thread")

@@ -37,7 +37,7 @@ def test_a_resent_conversation_reads_only_what_is_new_and_replies_as_a_full_reco
         reply = manager.complete(image, messages, sampled(turn))
         drain(reply)
         stats = reply.stats
-        prompt = manager._conversation_ids(messages)
+        prompt = manager.conversation_ids(messages)
         assert stats.prompt_tokens == 16 + len(prompt) and stats.image_tokens == 16
         assert stats.cached_tokens + stats.prefill_tokens == stats.prompt_tokens - (16 if turn == 0 else 0)
         assert stats.processed_tokens == (16 if turn == 0 else 0) + stats.prefill_tokens + stats.new_tokens - 1
@@ -66,7 +66,7 @@ def test_a_session_and_a_client_resending_its_conversation_meet_in_one_store(cob
     reply = manager.complete(image, messages, GREEDY)
     drain(reply)
     session_ids = manager.token_ids(sid)
-    assert manager._conversation_ids(messages)[: len(session_ids)] == session_ids
+    assert manager.conversation_ids(messages)[: len(session_ids)] == session_ids
     user_ids = cobra.turns.user_turn_ids(MESSAGES[3], first=False)
     last_reply = session_of(manager, sid).exchanges[-1].reply_ids
     assert reply.stats.prompt_tokens - reply.stats.cached_tokens <= len(user_ids) + len(last_reply)
@@ -98,7 +98,7 @@ def test_token_events_carry_the_raw_model_logprobs(cobra, image):
     reply = manager.complete(image, messages, sampled(3, max_new_tokens=6), top_logprobs=5)
     events = [e for e in reply.events() if e.token_id is not None]
     assert len(events) == reply.stats.new_tokens
-    prompt = manager._conversation_ids(messages)
+    prompt = manager.conversation_ids(messages)
     generated = [e.token_id for e in events]
     logits, _ = full_recompute(cobra, image, prompt + generated[:-1])
     for j, event in enumerate(events):
@@ -146,5 +146,5 @@ def test_closing_a_completion_mid_stream_keeps_the_store_consistent(cobra, image
     again = manager.complete(image, follow_up, GREEDY)
     drain(again)
     assert again.stats.cached_tokens > 16
-    generated = full_recompute_reply(cobra, image, manager._conversation_ids(follow_up), GREEDY)
+    generated = full_recompute_reply(cobra, image, manager.conversation_ids(follow_up), GREEDY)
     assert again.text == cobra.tokenizer.decode(generated, skip_special_tokens=True)

@@ -5,24 +5,18 @@ probe and a stop through the UI handlers gives the very replies it gives in-proc
 import os
 
 import pytest
-import torch
 
 from cobra_app.sessions import SessionManager
 from cobra_app.ui.handlers import ChatHandlers
 from cobra_app.ui.params import ParamValues
-from tests.helpers import sample_image
+from tests.helpers import one_torch_thread, sample_image  # noqa: F401 - a fixture
 from tests.sessions.support import full_recompute, state_rel_diff
 from tests.ui.forked_gpu import ForkedGpu
 from tests.ui.support import RecordingNotifier, last
 
 GREEDY = ParamValues(max_new_tokens=10)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def transcript(chat) -> list[tuple[str, str]]:
