@@ -42,7 +42,9 @@ API (thread-safe; every method may be called from any thread)
                                            `Reply.events()` to carry each token's logprob and the k most likely.
     conversation_ids(messages) -> list[int]    the text ids `complete` reads for those messages
     stats() -> dict                        sessions, replies_in_flight, the store's (bytes_in_use, budget_bytes,
-                                           evictions, entries, peak_bytes, oversized, memory_hits, disk_hits, disk_*),
+                                           evictions, entries, peak_bytes, oversized, lookups, memory_hits,
+                                           disk_hits, and with a state_dir disk_entries, disk_bytes, disk_budget_bytes,
+                                           disk_writes, disk_errors, disk_dropped),
                                            hits/misses/rebuilds/rebuilt_tokens (a session turn resumed where it
                                            expected / had to re-read tokens), image_encodes, image_hits,
                                            prompt_tokens, cached_tokens (totals over replies), decode_steps,
