@@ -1,0 +1,140 @@
+"""`SessionManager.complete` over the model deployment, for the ingress and the UI: the same call, the same errors,
+the same streaming reply object, served by whichever replica the router picks.
+
+A replica that dies (or becomes unreachable) before or while it answers costs one retry on another replica, never an
+error: the retried request is the same conversation, so its reply is the same (greedy decoding, or sampling with the
+seed this client fixes when the caller gave none), and the text already streamed is checked against it and not
+streamed twice. A second failure raises `ReplicaUnavailable` (HTTP 503, not 500).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+import threading
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+from PIL import Image
+from ray.exceptions import RayActorError
+
+from cobra_app.generation import SamplingParams
+from cobra_app.scale.messages import ChatRequest, ReplyFailed, ReplyFinished, ReplyStarted
+from cobra_app.sessions import SessionError, image_key
+
+RETRIES = 1
+
+
+class ReplicaUnavailable(SessionError):
+    """Every replica tried for a request died or could not be reached."""
+
+    default_user_message = "The model server is restarting. Please try again in a moment."
+
+
+def routing_key(image: Image.Image | None, messages: Sequence[tuple[str, str]]) -> str:
+    """The conversation's name for the router: its image and first user message (what its first boundary reads)."""
+    first_user = next((text for role, text in messages if role == "user"), "")
+    h = hashlib.sha256()
+    h.update((image_key(image) or "no image").encode())
+    h.update(b"\0" + first_user.encode())
+    return h.hexdigest()
+
+
+class RayChatBackend:
+    """`complete(image, messages, params, top_logprobs=)` -> `RemoteReply`, through a handle to the model deployment.
+    Counts retries per conversation (`retries`) for monitoring."""
+
+    def __init__(self, handle, retries: int = RETRIES):
+        self.handle = handle.options(stream=True, method_name="chat")
+        self.max_retries = retries
+        self.retries: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def complete(self, image: Image.Image | None, messages: Sequence[tuple[str, str]],
+                 params: SamplingParams | None = None, *, top_logprobs: int | None = None) -> RemoteReply:
+        params = params or SamplingParams()
+        if not params.greedy and params.seed is None:  # a retry must sample the same tokens
+            params = dataclasses.replace(params, seed=secrets.randbits(63))
+        request = ChatRequest(routing_key(image, messages), image, tuple(messages), params, top_logprobs)
+        return RemoteReply(self, request)
+
+    def _count_retry(self, request: ChatRequest) -> None:
+        with self._lock:
+            self.retries[request.routing_key] += 1
+
+
+class RemoteReply:
+    """Iterates the reply's text deltas, like the session manager's Reply; `.text`, `.stats` (after the end),
+    `.replica` and `.state_source` (of the attempt that answered), `.retried`, `close()`. Raises the replica's
+    SessionError at construction, before any text, as `complete` does locally."""
+
+    def __init__(self, backend: RayChatBackend, request: ChatRequest):
+        self._backend, self.request = backend, request
+        self.text = ""
+        self.stats = None
+        self.retried = 0
+        self._replay: str | None = None  # after a retry: the text the new attempt repeats before it adds any
+        self._stream = backend.handle.remote(request)
+        self._next_item()  # the replica's ReplyStarted, or its SessionError
+
+    def _next_item(self) -> object:
+        """The next item of the stream, retrying once on another replica if this one died."""
+        while True:
+            try:
+                item = next(self._stream)
+            except RayActorError as exc:
+                if self.retried >= self._backend.max_retries:
+                    raise ReplicaUnavailable(f"replica lost after {self.retried} retries: {exc}") from exc
+                self.retried += 1
+                self._backend._count_retry(self.request)
+                self._replay = "" if self.text else None
+                self._stream = self._backend.handle.remote(self.request)
+                continue
+            if isinstance(item, ReplyFailed):
+                raise item.exception()
+            if isinstance(item, ReplyStarted):
+                self.replica, self.state_source = item.replica, item.state_source
+            return item
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            item = self._next_item()
+            if isinstance(item, ReplyFinished):
+                if self._replay is not None:
+                    raise ReplicaUnavailable("the retried reply is shorter than the text already streamed")
+                self.stats = item.stats
+                self._drain()
+                raise StopIteration
+            if isinstance(item, str) and (delta := self._unseen(item)):
+                self.text += delta
+                return delta
+
+    def _drain(self) -> None:
+        """Wait for the stream's end, so the replica's queue slot is free before the caller's next turn (a replica
+        dying now costs nothing: the reply is whole)."""
+        try:
+            next(self._stream, None)
+        except RayActorError:
+            pass
+
+    def _unseen(self, delta: str) -> str:
+        """The part of `delta` not streamed yet. A retried attempt first repeats the text streamed before the failure
+        (`_replay` collects it): it must match, and is not streamed twice."""
+        if self._replay is None:
+            return delta
+        self._replay += delta
+        if self._replay[: len(self.text)] != self.text[: len(self._replay)]:
+            raise ReplicaUnavailable("the retried reply differs from the text already streamed")
+        if len(self._replay) < len(self.text):
+            return ""
+        unseen, self._replay = self._replay[len(self.text):], None
+        return unseen
+
+    def close(self) -> None:
+        """Stop the reply (the replica saves it as stopped, its state consistent); a no-op after the end."""
+        if self.stats is None:
+            self._stream.cancel()

@@ -1,0 +1,129 @@
+"""State mobility: a replica that gets a conversation it does not hold takes the state from where it is.
+
+Lookup order for a request's longest boundary state (`StateMover.bring`):
+    1. the replica's own memory (an affinity hit: nothing moves);
+    2. the replica that last stored the conversation (`StateDirectory`, a deployment-scoped actor), asked through the
+       deployment handle with a `StateRequest` that the router delivers to exactly that replica; the state comes back
+       through Ray's object store. A dead, slow or forgetful holder is a miss, never an error;
+    3. the shared disk tier (the session manager reads it itself);
+    4. otherwise the session manager rebuilds the state exactly from the image and the token ids.
+Keys are content addresses (model, image, token ids), so a state found anywhere is the right one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
+
+from PIL import Image
+
+from cobra_app.scale.messages import ChatRequest, StateFound, StateRequest, StateSource
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_ACTOR = "state_directory"
+DEFAULT_DIRECTORY_CAPACITY = 1_000_000  # conversations remembered (about 100 bytes each)
+DEFAULT_FETCH_TIMEOUT_S = 30.0
+
+
+class LocalStates(Protocol):
+    """What mobility needs of a replica's state store."""
+
+    def boundary_keys(self, image: Image.Image | None, messages: Sequence[tuple[str, str]]) -> tuple[Hashable, ...]:
+        """Keys of the boundaries a request's prompt passes, longest first; the first one that a request can resume
+        from is at index `resume_index(messages)`."""
+
+    def resume_index(self, messages: Sequence[tuple[str, str]]) -> int | None:
+        """Index in `boundary_keys` of the state after the conversation's last reply (None: no reply yet)."""
+
+    def longest_in_memory(self, keys: Sequence[Hashable]) -> int | None:
+        """Index of the first of `keys` held in memory, or None."""
+
+    def longest_on_disk(self, keys: Sequence[Hashable]) -> int | None:
+        """Index of the first of `keys` held in the disk tier, or None."""
+
+    def export(self, keys: Sequence[Hashable]) -> StateFound | None:
+        """The longest of `keys` held in memory, with its state."""
+
+    def adopt(self, found: StateFound) -> None:
+        """Put a state taken from another replica into memory."""
+
+
+class StateDirectory:
+    """routing key -> the replica that last stored that conversation's state (LRU, bounded). Only a hint: a stale
+    entry costs one failed lookup."""
+
+    def __init__(self, capacity: int = DEFAULT_DIRECTORY_CAPACITY):
+        self.capacity = capacity
+        self._holders: OrderedDict[str, str] = OrderedDict()
+
+    def record(self, routing_key: str, replica: str) -> None:
+        self._holders[routing_key] = replica
+        self._holders.move_to_end(routing_key)
+        while len(self._holders) > self.capacity:
+            self._holders.popitem(last=False)
+
+    def holder(self, routing_key: str) -> str | None:
+        return self._holders.get(routing_key)
+
+    def __len__(self) -> int:
+        return len(self._holders)
+
+
+class StateMover:
+    """One replica's side of mobility: `bring` a request's state here, `export` states to the others.
+
+    peers: the model deployment's handle (for `export_state` calls); directory: the `StateDirectory` actor handle
+    (both are callables so that a handle gone stale can be fetched anew)."""
+
+    def __init__(self, states: LocalStates, replica: str, peers: Callable[[], object], directory: Callable[[], object],
+                 fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S):
+        self.states, self.replica = states, replica
+        self._peers, self._directory = peers, directory
+        self.fetch_timeout_s = fetch_timeout_s
+
+    async def bring(self, request: ChatRequest) -> StateSource:
+        """Make the request's longest known boundary available here; say where it came from."""
+        resume = self.states.resume_index(request.messages)
+        if resume is None:
+            return "new"
+        keys = self.states.boundary_keys(request.image, request.messages)
+        in_memory = self.states.longest_in_memory(keys)
+        if in_memory is not None and in_memory <= resume:
+            return "memory"
+        wanted = keys[:in_memory] if in_memory is not None else keys
+        found = await self._from_holder(request.routing_key, wanted)
+        if found is not None:
+            self.states.adopt(found)
+            return "peer"
+        on_disk = self.states.longest_on_disk(keys)
+        if on_disk is not None and on_disk <= resume:
+            return "disk"
+        return "rebuilt"
+
+    async def _from_holder(self, routing_key: str, keys: Sequence[Hashable]) -> StateFound | None:
+        try:
+            holder = await self._directory().holder.remote(routing_key)
+            if holder is None or holder == self.replica:
+                return None
+            request = StateRequest(holder, tuple(keys))
+            return await asyncio.wait_for(self._peers().export_state.remote(request), self.fetch_timeout_s)
+        except Exception as exc:  # a dead or slow holder, a directory being restarted: a miss, never an error
+            log.info("state of %s not taken from its holder: %s", routing_key[:12], exc)
+            return None
+
+    def export(self, request: StateRequest) -> StateFound | None:
+        """Answer a peer: the longest of the requested states held here (None if this is not the target)."""
+        if request.target_replica != self.replica:
+            return None
+        return self.states.export(request.keys)
+
+    async def record(self, routing_key: str) -> None:
+        """Tell the directory that this replica now holds the conversation's latest state."""
+        try:
+            await self._directory().record.remote(routing_key, self.replica)
+        except Exception as exc:
+            log.info("holder of %s not recorded: %s", routing_key[:12], exc)
