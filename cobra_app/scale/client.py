@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from PIL import Image
 from ray.exceptions import RayActorError
 
-from cobra_app.generation import SamplingParams
+from cobra_app.generation import SamplingParams, TokenEvent
 from cobra_app.scale.messages import ChatRequest, ReplyFailed, ReplyFinished, ReplyStarted
 from cobra_app.sessions import SessionError, image_key
 
@@ -65,16 +65,17 @@ class RayChatBackend:
 
 
 class RemoteReply:
-    """Iterates the reply's text deltas, like the session manager's Reply; `.text`, `.stats` (after the end),
-    `.replica` and `.state_source` (of the attempt that answered), `.retried`, `close()`. Raises the replica's
-    SessionError at construction, before any text, as `complete` does locally."""
+    """A reply being generated on some replica, as the API's `ReplyStream`: `events()` yields its `TokenEvent`s (once),
+    `.stats` is set at the end, `close()` stops it (the replica keeps its state consistent). Also `.replica` and
+    `.state_source` (of the attempt that answered) and `.retried`. The replica's SessionError is raised here, at
+    construction, before any token, as `complete` raises it locally."""
 
     def __init__(self, backend: RayChatBackend, request: ChatRequest):
         self._backend, self.request = backend, request
-        self.text = ""
         self.stats = None
         self.retried = 0
-        self._replay: str | None = None  # after a retry: the text the new attempt repeats before it adds any
+        self._sent: list[TokenEvent] = []  # events given to the caller
+        self._replayed = 0  # events of the current attempt that repeat `_sent` (after a retry)
         self._stream = backend.handle.remote(request)
         self._next_item()  # the replica's ReplyStarted, or its SessionError
 
@@ -88,7 +89,7 @@ class RemoteReply:
                     raise ReplicaUnavailable(f"replica lost after {self.retried} retries: {exc}") from exc
                 self.retried += 1
                 self._backend._count_retry(self.request)
-                self._replay = "" if self.text else None
+                self._replayed = 0
                 self._stream = self._backend.handle.remote(self.request)
                 continue
             if isinstance(item, ReplyFailed):
@@ -97,21 +98,26 @@ class RemoteReply:
                 self.replica, self.state_source = item.replica, item.state_source
             return item
 
-    def __iter__(self) -> Iterator[str]:
-        return self
+    def events(self) -> Iterator[TokenEvent]:
+        while not isinstance(item := self._next_item(), ReplyFinished):
+            if isinstance(item, TokenEvent) and self._unseen(item):
+                self._sent.append(item)
+                yield item
+        if self._replayed < len(self._sent):
+            raise ReplicaUnavailable("the retried reply is shorter than the one already streamed")
+        self.stats = item.stats
+        self._drain()
 
-    def __next__(self) -> str:
-        while True:
-            item = self._next_item()
-            if isinstance(item, ReplyFinished):
-                if self._replay is not None:
-                    raise ReplicaUnavailable("the retried reply is shorter than the text already streamed")
-                self.stats = item.stats
-                self._drain()
-                raise StopIteration
-            if isinstance(item, str) and (delta := self._unseen(item)):
-                self.text += delta
-                return delta
+    def _unseen(self, event: TokenEvent) -> bool:
+        """False for an event that a retried attempt repeats from the failed one (it must be the same event)."""
+        if self._replayed == len(self._sent):
+            self._replayed += 1
+            return True
+        sent = self._sent[self._replayed]
+        if (event.token_id, event.text) != (sent.token_id, sent.text):  # log-probabilities may differ in rounding
+            raise ReplicaUnavailable("the retried reply differs from the one already streamed")
+        self._replayed += 1
+        return False
 
     def _drain(self) -> None:
         """Wait for the stream's end, so the replica's queue slot is free before the caller's next turn (a replica
@@ -120,19 +126,6 @@ class RemoteReply:
             next(self._stream, None)
         except RayActorError:
             pass
-
-    def _unseen(self, delta: str) -> str:
-        """The part of `delta` not streamed yet. A retried attempt first repeats the text streamed before the failure
-        (`_replay` collects it): it must match, and is not streamed twice."""
-        if self._replay is None:
-            return delta
-        self._replay += delta
-        if self._replay[: len(self.text)] != self.text[: len(self._replay)]:
-            raise ReplicaUnavailable("the retried reply differs from the text already streamed")
-        if len(self._replay) < len(self.text):
-            return ""
-        unseen, self._replay = self._replay[len(self.text):], None
-        return unseen
 
     def close(self) -> None:
         """Stop the reply (the replica saves it as stopped, its state consistent); a no-op after the end."""

@@ -1,7 +1,7 @@
 """What travels between the ingress, the routers and the model replicas: plain picklable values (no Ray import).
 
 A chat request streams back: one `ReplyStarted` (or one `ReplyFailed`, for input the model refuses), the reply's
-text deltas (`str`), then one `ReplyFinished`. A `StateRequest` asks one named replica for the longest of some
+`TokenEvent`s, then one `ReplyFinished`. A `StateRequest` asks one named replica for the longest of some
 boundary states it holds; it answers a `StateFound` or None.
 """
 
@@ -61,7 +61,6 @@ class ReplyStarted:
 @dataclass(frozen=True)
 class ReplyFinished:
     stats: Any  # the replica's ReplyStats
-    text: str
 
 
 @dataclass(frozen=True)

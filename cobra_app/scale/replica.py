@@ -1,6 +1,6 @@
 """The model deployment: one replica = one loaded model, its session manager and its share of the states.
 
-    chat(ChatRequest)          streams ReplyStarted | ReplyFailed, text deltas, ReplyFinished (see `messages`)
+    chat(ChatRequest)          streams ReplyStarted | ReplyFailed, TokenEvents, ReplyFinished (see `messages`)
     export_state(StateRequest) a state for another replica (through Ray's object store), or None
     score(image, question, answers)   closed-set probe (P(Yes)/P(No)) of a single-turn question
     stats()                    where the requests' starting states came from, and the manager's counters
@@ -80,12 +80,13 @@ class ModelReplica:
         self.sources[source] += 1
         try:
             yield ReplyStarted(self.replica, source)
-            while (delta := await self._run(next, reply, _END)) is not _END:
-                yield delta
+            events = reply.events()
+            while (event := await self._run(next, events, _END)) is not _END:
+                yield event
         finally:
             await self._run(reply.close)  # a no-op after the end; else stops and saves a reply the client dropped
             await self.mover.record(request.routing_key)
-        yield ReplyFinished(reply.stats, reply.text)  # last, so the request ends as the client sees the reply end
+        yield ReplyFinished(reply.stats)  # last, so the request ends as the client sees the reply end
 
     async def export_state(self, request: StateRequest) -> StateFound | None:
         return self.mover.export(request)

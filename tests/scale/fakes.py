@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from cobra_app.generation import TokenEvent
 from cobra_app.scale.messages import StateFound
 from cobra_app.sessions import EmptyMessage, image_key
 
@@ -33,25 +34,19 @@ def expected_reply(messages: Sequence[tuple[str, str]]) -> str:
 
 
 class EchoReply:
+    """A ReplyStream: one TokenEvent per word."""
+
     def __init__(self, text: str, stats: dict, word_delay_s: float):
         self.full, self.stats_when_done, self.word_delay_s = text, stats, word_delay_s
-        self.words = iter([w if i == 0 else " " + w for i, w in enumerate(text.split(" "))])
-        self.text, self.stats, self.closed = "", None, False
+        self.stats, self.closed = None, False
 
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        if self.closed:
-            raise StopIteration
-        time.sleep(self.word_delay_s)
-        try:
-            delta = next(self.words)
-        except StopIteration:
-            self.stats = self.stats_when_done
-            raise
-        self.text += delta
-        return delta
+    def events(self):
+        for i, word in enumerate(self.full.split(" ")):
+            if self.closed:
+                return
+            time.sleep(self.word_delay_s)
+            yield TokenEvent(i, word if i == 0 else " " + word)
+        self.stats = self.stats_when_done
 
     def close(self) -> None:
         self.closed = True
