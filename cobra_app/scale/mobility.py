@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from collections.abc import Callable, Hashable, Sequence
 from typing import Protocol
 
 from PIL import Image
 
-from cobra_app.scale.messages import ChatRequest, StateFound, StateRequest, StateSource
+from cobra_app.scale.messages import StateFound, StateRequest, StateSource
 
 log = logging.getLogger(__name__)
 
@@ -29,24 +30,29 @@ DEFAULT_DIRECTORY_CAPACITY = 1_000_000  # conversations remembered (about 100 by
 DEFAULT_FETCH_TIMEOUT_S = 30.0
 
 
+@dataclass(frozen=True)
+class RequestKeys:
+    """A request's boundary keys, longest first (the first is after its whole prompt), and the index of the first
+    key whose state its conversation's previous turn stored (None for a first turn): a state there or longer means
+    nothing had to move."""
+
+    keys: tuple[Hashable, ...]
+    resume: int | None
+
+
 class LocalStates(Protocol):
     """What mobility needs of a replica's state store."""
 
-    def boundary_keys(self, image: Image.Image | None, messages: Sequence[tuple[str, str]]) -> tuple[Hashable, ...]:
-        """Keys of the boundaries a request's prompt passes, longest first; the first one that a request can resume
-        from is at index `resume_index(messages)`."""
-
-    def resume_index(self, messages: Sequence[tuple[str, str]]) -> int | None:
-        """Index in `boundary_keys` of the state after the conversation's last reply (None: no reply yet)."""
+    def request_keys(self, image: Image.Image | None, messages: Sequence[tuple[str, str]]) -> RequestKeys: ...
 
     def longest_in_memory(self, keys: Sequence[Hashable]) -> int | None:
         """Index of the first of `keys` held in memory, or None."""
 
     def longest_on_disk(self, keys: Sequence[Hashable]) -> int | None:
-        """Index of the first of `keys` held in the disk tier, or None."""
+        """Index of the first of `keys` held in the (shared) disk tier, or None."""
 
     def export(self, keys: Sequence[Hashable]) -> StateFound | None:
-        """The longest of `keys` held in memory, with its state."""
+        """The longest of `keys` held in memory, with its state (on the CPU: it leaves the process)."""
 
     def adopt(self, found: StateFound) -> None:
         """Put a state taken from another replica into memory."""
@@ -85,22 +91,20 @@ class StateMover:
         self._peers, self._directory = peers, directory
         self.fetch_timeout_s = fetch_timeout_s
 
-    async def bring(self, request: ChatRequest) -> StateSource:
+    async def bring(self, routing_key: str, request: RequestKeys) -> StateSource:
         """Make the request's longest known boundary available here; say where it came from."""
-        resume = self.states.resume_index(request.messages)
-        if resume is None:
+        if request.resume is None:
             return "new"
-        keys = self.states.boundary_keys(request.image, request.messages)
+        keys = request.keys
         in_memory = self.states.longest_in_memory(keys)
-        if in_memory is not None and in_memory <= resume:
+        if in_memory is not None and in_memory <= request.resume:
             return "memory"
-        wanted = keys[:in_memory] if in_memory is not None else keys
-        found = await self._from_holder(request.routing_key, wanted)
+        found = await self._from_holder(routing_key, keys[:in_memory] if in_memory is not None else keys)
         if found is not None:
             self.states.adopt(found)
             return "peer"
         on_disk = self.states.longest_on_disk(keys)
-        if on_disk is not None and on_disk <= resume:
+        if on_disk is not None and on_disk <= request.resume:
             return "disk"
         return "rebuilt"
 

@@ -70,8 +70,9 @@ class ModelReplica:
         return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     async def chat(self, request: ChatRequest) -> AsyncIterator[object]:
-        source = await self.mover.bring(request)
         try:
+            keys = await self._run(self.model.request_keys, request.image, request.messages)
+            source = await self.mover.bring(request.routing_key, keys)
             reply = await self._run(self.model.complete, request.image, request.messages, request.params,
                                     top_logprobs=request.top_logprobs)
         except SessionError as exc:

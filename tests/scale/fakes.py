@@ -18,6 +18,7 @@ import torch
 
 from cobra_app.generation import TokenEvent
 from cobra_app.scale.messages import StateFound
+from cobra_app.scale.mobility import RequestKeys
 from cobra_app.sessions import EmptyMessage, image_key
 
 STATE_ELEMENTS = 73_728  # fp32: 288 KiB, the demo model's state size (the object store carries it, not a pickle)
@@ -71,8 +72,12 @@ class EchoModel:
     def boundary_keys(self, image, messages) -> tuple[str, ...]:
         return tuple(reversed(self._chain(image, messages)))
 
-    def resume_index(self, messages) -> int | None:
-        return 1 if any(role == "assistant" for role, _ in messages) else None
+    def request_keys(self, image, messages) -> RequestKeys:
+        """The previous turn stored the state after its reply: index 1 (0 is after the new message)."""
+        if not messages or messages[-1][0] != "user" or not messages[-1][1].strip():
+            raise EmptyMessage("empty message")
+        resume = 1 if any(role == "assistant" for role, _ in messages) else None
+        return RequestKeys(self.boundary_keys(image, messages), resume)
 
     def longest_in_memory(self, keys) -> int | None:
         return next((i for i, k in enumerate(keys) if k in self.memory), None)

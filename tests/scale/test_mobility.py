@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from cobra_app.generation import SamplingParams
-from cobra_app.scale.messages import ChatRequest, StateRequest
+from cobra_app.scale.messages import StateRequest
 from cobra_app.scale.mobility import StateDirectory, StateMover
 from tests.scale.fakes import EchoModel, expected_reply
 
@@ -55,10 +54,6 @@ def conversation(turns: int) -> list[tuple[str, str]]:
     return history
 
 
-def request(messages) -> ChatRequest:
-    return ChatRequest("conv", None, tuple(messages), SamplingParams())
-
-
 def cluster(*names, disk_dir=None, directory_error=None, peer_error=None):
     directory, peers = StateDirectory(), Peers()
     models = {name: EchoModel(disk_dir) for name in names}
@@ -70,7 +65,7 @@ def cluster(*names, disk_dir=None, directory_error=None, peer_error=None):
 
 def serve_turn(model, mover, messages):
     """What a replica does for one request: bring the state, answer, record itself as the holder."""
-    source = asyncio.run(mover.bring(request(messages)))
+    source = asyncio.run(mover.bring("conv", model.request_keys(None, messages)))
     reply = model.complete(None, messages)
     text = "".join(e.text for e in reply.events())
     asyncio.run(mover.record("conv"))
