@@ -9,27 +9,41 @@ streamed twice. A second failure raises `ReplicaUnavailable` (HTTP 503, not 500)
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import secrets
 import threading
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
 from PIL import Image
 from ray.exceptions import RayActorError
 
 from cobra_app.generation import SamplingParams, TokenEvent
-from cobra_app.scale.messages import ChatRequest, ReplyFailed, ReplyFinished, ReplyStarted
-from cobra_app.sessions import SessionError, image_key
+from cobra_app.scale.messages import ChatRequest, ReplyFailed, ReplyFinished, ReplyStarted, StateSource
+from cobra_app.sessions import image_key
 
 RETRIES = 1
+RECORDS = 10_000
 
 
-class ReplicaUnavailable(SessionError):
-    """Every replica tried for a request died or could not be reached."""
+class ReplicaUnavailable(Exception):
+    """Every replica tried for a request died or could not be reached (the API answers 503: retry later)."""
 
-    default_user_message = "The model server is restarting. Please try again in a moment."
+    user_message = "The model server lost a replica and is restarting it. Please try again in a moment."
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """How one request went: its conversation, its length in messages, the replica that answered, where that
+    replica found the conversation's state, the retries it took, and whether its reply ended (not stopped)."""
+
+    routing_key: str
+    messages: int
+    replica: str
+    state_source: StateSource
+    retried: int
+    finished: bool
 
 
 def routing_key(image: Image.Image | None, messages: Sequence[tuple[str, str]]) -> str:
@@ -45,23 +59,35 @@ class RayChatBackend:
     """`complete(image, messages, params, top_logprobs=)` -> `RemoteReply`, through a handle to the model deployment.
     Counts retries per conversation (`retries`) for monitoring."""
 
-    def __init__(self, handle, retries: int = RETRIES):
+    def __init__(self, handle, retries: int = RETRIES, remembered: int = RECORDS):
         self.handle = handle.options(stream=True, method_name="chat")
         self.max_retries = retries
         self.retries: Counter[str] = Counter()
+        self._records: deque[RequestRecord] = deque(maxlen=remembered)
         self._lock = threading.Lock()
+
+    def records(self) -> list[RequestRecord]:
+        """The most recent requests (`remembered` of them), oldest first."""
+        with self._lock:
+            return list(self._records)
 
     def complete(self, image: Image.Image | None, messages: Sequence[tuple[str, str]],
                  params: SamplingParams | None = None, *, top_logprobs: int | None = None) -> RemoteReply:
         params = params or SamplingParams()
         if not params.greedy and params.seed is None:  # a retry must sample the same tokens
-            params = dataclasses.replace(params, seed=secrets.randbits(63))
+            params = replace(params, seed=secrets.randbits(63))
         request = ChatRequest(routing_key(image, messages), image, tuple(messages), params, top_logprobs)
         return RemoteReply(self, request)
 
     def _count_retry(self, request: ChatRequest) -> None:
         with self._lock:
             self.retries[request.routing_key] += 1
+
+    def _record(self, reply: RemoteReply, finished: bool) -> None:
+        request = reply.request
+        with self._lock:
+            self._records.append(RequestRecord(request.routing_key, len(request.messages), reply.replica,
+                                               reply.state_source, reply.retried, finished))
 
 
 class RemoteReply:
@@ -76,6 +102,7 @@ class RemoteReply:
         self.retried = 0
         self._sent: list[TokenEvent] = []  # events given to the caller
         self._replayed = 0  # events of the current attempt that repeat `_sent` (after a retry)
+        self._closed = False
         self._stream = backend.handle.remote(request)
         self._next_item()  # the replica's ReplyStarted, or its SessionError
 
@@ -107,6 +134,7 @@ class RemoteReply:
             raise ReplicaUnavailable("the retried reply is shorter than the one already streamed")
         self.stats = item.stats
         self._drain()
+        self._backend._record(self, finished=True)
 
     def _unseen(self, event: TokenEvent) -> bool:
         """False for an event that a retried attempt repeats from the failed one (it must be the same event)."""
@@ -129,5 +157,7 @@ class RemoteReply:
 
     def close(self) -> None:
         """Stop the reply (the replica saves it as stopped, its state consistent); a no-op after the end."""
-        if self.stats is None:
+        if self.stats is None and not self._closed:
+            self._closed = True
             self._stream.cancel()
+            self._backend._record(self, finished=False)

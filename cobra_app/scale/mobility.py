@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from PIL import Image
@@ -115,7 +115,7 @@ class StateMover:
                 return None
             request = StateRequest(holder, tuple(keys))
             return await asyncio.wait_for(self._peers().export_state.remote(request), self.fetch_timeout_s)
-        except Exception as exc:  # a dead or slow holder, a directory being restarted: a miss, never an error
+        except Exception as exc:  # noqa: BLE001 - a dead or slow holder, a restarting directory: a miss, not an error
             log.info("state of %s not taken from its holder: %s", routing_key[:12], exc)
             return None
 
@@ -129,5 +129,5 @@ class StateMover:
         """Tell the directory that this replica now holds the conversation's latest state."""
         try:
             await self._directory().record.remote(routing_key, self.replica)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the directory is a hint: a lost record costs one fetch later
             log.info("holder of %s not recorded: %s", routing_key[:12], exc)

@@ -52,9 +52,9 @@ def store_sizes(config: CobraConfig, dtype: torch.dtype) -> StoreSizes:
 
 def sizing_table(config: CobraConfig, dtypes: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float32)) -> str:
     """A markdown table: bytes per snapshot, conversation and image, and conversations per GB of store."""
-    rows = ["| weights | state | snapshot (+ logits) | conversation (2 snapshots) | image (patches + state) "
-            "| conversations per GB: resumable (1 snapshot) | ... with regenerate (2) |",
-            "|---|---|---|---|---|---|---|"]
+    header = ("| weights | state | snapshot (+ logits) | conversation (2 snapshots) | image (patches + state) "
+              "| conversations per GB: resumable (1 snapshot) | ... with regenerate (2) |")
+    rows = [header, "|---|---|---|---|---|---|---|"]
     for dtype in dtypes:
         s = store_sizes(config, dtype)
         rows.append(f"| {str(dtype).removeprefix('torch.')} | {s.state / MB:.1f} MB | {s.snapshot / MB:.1f} MB "

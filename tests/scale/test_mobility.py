@@ -92,7 +92,7 @@ def test_a_follow_up_elsewhere_takes_the_state_from_its_holder_and_reads_only_th
 @pytest.mark.parametrize("holder_gone", ["dead", "forgot"])
 def test_without_a_holder_the_state_comes_from_disk_else_it_is_rebuilt(tmp_path, holder_gone):
     for disk_dir, expected_source, rebuilt_messages in ((tmp_path, "disk", 1), (None, "rebuilt", 3)):
-        models, movers, directory, peers = cluster("a", "b", disk_dir=disk_dir)
+        models, movers, _, peers = cluster("a", "b", disk_dir=disk_dir)
         serve_turn(models["a"], movers["a"], conversation(1))
         if holder_gone == "dead":
             del peers.movers["a"]
@@ -106,7 +106,7 @@ def test_without_a_holder_the_state_comes_from_disk_else_it_is_rebuilt(tmp_path,
 def test_a_failing_directory_or_peer_is_a_miss_not_an_error():
     for failure in ({"directory_error": RuntimeError("directory restarting")},
                     {"peer_error": TimeoutError("holder too slow")}):
-        models, movers, directory, peers = cluster("a", "b", **failure)
+        models, movers, directory, _ = cluster("a", "b", **failure)
         directory.record("conv", "a")
         serve_turn(models["a"], movers["a"], conversation(1))
         assert serve_turn(models["b"], movers["b"], conversation(2))[0] == "rebuilt"

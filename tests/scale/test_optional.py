@@ -15,6 +15,6 @@ def test_the_app_and_its_parts_import_without_ray():
             f"for name in {WITHOUT_RAY!r}:\n"
             "    __import__(name)\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -7,14 +7,14 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-import ray  # noqa: E402
-from ray import serve  # noqa: E402
+import ray
+from ray import serve
 
-from cobra_app.generation import SamplingParams  # noqa: E402
-from cobra_app.scale.application import MODEL_DEPLOYMENT, ScaleSettings, model_deployment  # noqa: E402
-from cobra_app.scale.client import RayChatBackend  # noqa: E402
-from cobra_app.sessions import EmptyMessage  # noqa: E402
-from tests.scale.fakes import build_echo_model, expected_reply  # noqa: E402
+from cobra_app.generation import SamplingParams
+from cobra_app.scale.application import MODEL_DEPLOYMENT, ScaleSettings, model_deployment
+from cobra_app.scale.client import RayChatBackend
+from cobra_app.sessions import EmptyMessage
+from tests.scale.fakes import build_echo_model, expected_reply
 
 CONVERSATIONS, TURNS = 8, 4
 

@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from ray.serve._private.common import DeploymentHandleSource, DeploymentID  # noqa: E402
-from ray.serve.request_router import PendingRequest, ReplicaID  # noqa: E402
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID
+from ray.serve.request_router import PendingRequest, ReplicaID
 
-from cobra_app.scale.hashring import HashRing  # noqa: E402
-from cobra_app.scale.router import ConversationRouter, RandomRouter  # noqa: E402
+from cobra_app.scale.hashring import HashRing
+from cobra_app.scale.router import ConversationRouter, RandomRouter
 
 DEPLOYMENT = DeploymentID(name="ModelReplica", app_name="cobra")
 
