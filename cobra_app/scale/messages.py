@@ -53,6 +53,16 @@ class StateFound:
 
 
 @dataclass(frozen=True)
+class ModelCard:
+    """What the ingress and the UI need to know of the served model."""
+
+    model_id: str
+    info: dict
+    tokenizer: Any  # the model's tokenizer (the API names the tokens of log-probabilities with it)
+    banner: str  # the app's offline-fallback notice ("" when the requested model is served)
+
+
+@dataclass(frozen=True)
 class ReplyStarted:
     replica: str
     state_source: StateSource

@@ -3,6 +3,7 @@
     chat(ChatRequest)          streams ReplyStarted | ReplyFailed, TokenEvents, ReplyFinished (see `messages`)
     export_state(StateRequest) a state for another replica (through Ray's object store), or None
     score(image, question, answers)   closed-set probe (P(Yes)/P(No)) of a single-turn question
+    card()                     the served model's ModelCard (id, info, tokenizer, banner)
     stats()                    where the requests' starting states came from, and the manager's counters
 
 The manager's calls block (they hold the model for a prefill or a decode step), so they run on a thread pool sized
@@ -24,6 +25,7 @@ from ray import serve
 from cobra_app.generation import SamplingParams
 from cobra_app.scale.messages import (
     ChatRequest,
+    ModelCard,
     ReplyFailed,
     ReplyFinished,
     ReplyStarted,
@@ -45,6 +47,8 @@ class ChatModel(LocalStates, Protocol):
     def score(self, image: Image.Image | None, question: str, answers: str = "yes-no") -> dict[str, float]: ...
 
     def stats(self) -> dict: ...
+
+    def card(self) -> ModelCard: ...
 
 
 class ModelReplica:
@@ -94,6 +98,9 @@ class ModelReplica:
 
     async def score(self, image: Image.Image | None, question: str, answers: str = "yes-no") -> dict[str, float]:
         return await self._run(self.model.score, image, question, answers)
+
+    async def card(self) -> ModelCard:
+        return self.model.card()
 
     async def stats(self) -> dict:
         return {"replica": self.replica, "state_sources": dict(self.sources), **self.model.stats()}

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from cobra_app.generation import TokenEvent
-from cobra_app.scale.messages import StateFound
+from cobra_app.scale.messages import ModelCard, StateFound
 from cobra_app.scale.mobility import RequestKeys
 from cobra_app.sessions import EmptyMessage, image_key
 
@@ -124,6 +124,9 @@ class EchoModel:
 
     def stats(self) -> dict:
         return {"states_in_memory": len(self.memory), "prefilled_messages": self.prefilled}
+
+    def card(self) -> ModelCard:
+        return ModelCard("echo", {"model_id": "echo"}, None, "")
 
 
 def build_echo_model(disk_dir: str | None = None, word_delay_s: float = 0.0):
