@@ -24,6 +24,9 @@ from cobra_app.sessions import EmptyMessage, image_key
 STATE_ELEMENTS = 73_728  # fp32: 288 KiB, the demo model's state size (the object store carries it, not a pickle)
 
 
+CRASH = "crash the replica"  # a message that ends the replica's process
+
+
 def chain(parent: str, role: str, text: str) -> str:
     return hashlib.sha256(f"{parent}\0{role}\0{text}".encode()).hexdigest()
 
@@ -106,6 +109,8 @@ class EchoModel:
     def complete(self, image, messages, params=None, *, top_logprobs=None) -> EchoReply:
         if not messages or messages[-1][0] != "user" or not messages[-1][1].strip():
             raise EmptyMessage("empty message")
+        if messages[-1][1] == CRASH:
+            os._exit(1)  # the replica's process dies, as a segfault or an OOM kill would end it
         keys = self.boundary_keys(image, messages)
         found = self.longest_in_memory(keys)
         on_disk = self.longest_on_disk(keys[:found] if found is not None else keys)

@@ -12,9 +12,9 @@ from ray import serve
 
 from cobra_app.generation import SamplingParams
 from cobra_app.scale.application import MODEL_DEPLOYMENT, ScaleSettings, model_deployment
-from cobra_app.scale.client import RayChatBackend
+from cobra_app.scale.client import RayChatBackend, ReplicaUnavailable
 from cobra_app.sessions import EmptyMessage
-from tests.scale.fakes import build_echo_model, expected_reply
+from tests.scale.fakes import CRASH, build_echo_model, expected_reply
 
 CONVERSATIONS, TURNS = 8, 4
 
@@ -106,6 +106,8 @@ def test_a_replica_killed_mid_reply_costs_one_retry_and_its_conversations_go_on_
                 ray.kill(actor, no_restart=True)
 
     sources, replies = run_conversations(backend, on_reply=kill_on_third_turn)
+    with pytest.raises(ReplicaUnavailable):  # a request that kills every replica it reaches: one retry, then 503
+        backend.complete(None, [("user", CRASH)])
     serve.delete("kill")
 
     assert all(replies[i] == expected(i, TURNS) for i in range(CONVERSATIONS))
