@@ -82,14 +82,21 @@ class StateDirectory:
 class StateMover:
     """One replica's side of mobility: `bring` a request's state here, `export` states to the others.
 
-    peers: the model deployment's handle (for `export_state` calls); directory: the `StateDirectory` actor handle
-    (both are callables so that a handle gone stale can be fetched anew)."""
+    peers, directory: functions that get the model deployment's handle (for `export_state` calls) and the
+    `StateDirectory` actor's handle; each is called once and again after a call through it failed (Serve recreates a
+    failed deployment-scoped actor, and a handle to the old one stays dead)."""
 
     def __init__(self, states: LocalStates, replica: str, peers: Callable[[], object], directory: Callable[[], object],
                  fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S):
         self.states, self.replica = states, replica
-        self._peers, self._directory = peers, directory
+        self._get_peers, self._get_directory = peers, directory
+        self._handles: dict[str, object] = {}
         self.fetch_timeout_s = fetch_timeout_s
+
+    def _handle(self, name: str):
+        if name not in self._handles:
+            self._handles[name] = (self._get_peers if name == "peers" else self._get_directory)()
+        return self._handles[name]
 
     async def bring(self, routing_key: str, request: RequestKeys) -> StateSource:
         """Make the request's longest known boundary available here; say where it came from."""
@@ -110,13 +117,18 @@ class StateMover:
 
     async def _from_holder(self, routing_key: str, keys: Sequence[Hashable]) -> StateFound | None:
         try:
-            holder = await self._directory().holder.remote(routing_key)
-            if holder is None or holder == self.replica:
-                return None
+            holder = await self._handle("directory").holder.remote(routing_key)
+        except Exception as exc:  # noqa: BLE001 - a restarting directory: a miss, not an error
+            self._handles.pop("directory", None)
+            log.info("holder of %s unknown: %s", routing_key[:12], exc)
+            return None
+        if holder is None or holder == self.replica:
+            return None
+        try:
             request = StateRequest(holder, tuple(keys))
-            return await asyncio.wait_for(self._peers().export_state.remote(request), self.fetch_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - a dead or slow holder, a restarting directory: a miss, not an error
-            log.info("state of %s not taken from its holder: %s", routing_key[:12], exc)
+            return await asyncio.wait_for(self._handle("peers").export_state.remote(request), self.fetch_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a dead or slow holder: a miss, not an error
+            log.info("state of %s not taken from %s: %s", routing_key[:12], holder, exc)
             return None
 
     def export(self, request: StateRequest) -> StateFound | None:
@@ -128,6 +140,7 @@ class StateMover:
     async def record(self, routing_key: str) -> None:
         """Tell the directory that this replica now holds the conversation's latest state."""
         try:
-            await self._directory().record.remote(routing_key, self.replica)
+            await self._handle("directory").record.remote(routing_key, self.replica)
         except Exception as exc:  # noqa: BLE001 - the directory is a hint: a lost record costs one fetch later
+            self._handles.pop("directory", None)
             log.info("holder of %s not recorded: %s", routing_key[:12], exc)

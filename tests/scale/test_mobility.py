@@ -112,6 +112,20 @@ def test_a_failing_directory_or_peer_is_a_miss_not_an_error():
         assert serve_turn(models["b"], movers["b"], conversation(2))[0] == "rebuilt"
 
 
+def test_a_directory_handle_that_failed_is_fetched_anew_and_a_working_one_is_kept():
+    directory, lookups = StateDirectory(), []
+
+    def get_directory():
+        lookups.append(1)
+        return Remote(directory, RuntimeError("dead actor") if len(lookups) == 1 else None)
+
+    mover = StateMover(EchoModel(), "a", peers=lambda: Remote(Peers()), directory=get_directory)
+    asyncio.run(mover.record("conv"))  # fails: the handle is dropped
+    asyncio.run(mover.record("conv"))
+    asyncio.run(mover.record("conv"))
+    assert len(lookups) == 2 and directory.holder("conv") == "a"
+
+
 def test_an_export_answers_only_as_its_target_and_with_the_longest_state_held():
     models, movers, _, _ = cluster("a")
     serve_turn(models["a"], movers["a"], conversation(1))
