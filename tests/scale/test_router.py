@@ -47,11 +47,14 @@ def pending(arg) -> PendingRequest:
     return PendingRequest(args=[arg], kwargs={}, metadata=None)
 
 
-def make_router(cls=ConversationRouter, **kwargs):
+def started(count: int = 2, cls=ConversationRouter, **kwargs):
+    """(stand-in replicas r0.., a router of `cls` that knows them); call inside the event loop."""
+    replicas = [StandInReplica(f"r{i}") for i in range(count)]
     router = cls(deployment_id=DEPLOYMENT, handle_source=DeploymentHandleSource.UNKNOWN,
                  use_replica_queue_len_cache=True)
     router.initialize_state(**kwargs)
-    return router
+    router.update_replicas(replicas)
+    return replicas, router
 
 
 def names(ranks) -> list[list[str]]:
@@ -68,9 +71,7 @@ def run(coro_fn):
 
 def test_a_new_conversation_goes_home_on_the_ring_and_then_stays_where_it_was_sent():
     async def scenario():
-        replicas = [StandInReplica(f"r{i}") for i in range(3)]
-        router = make_router(queue_limit=4)
-        router.update_replicas(replicas)
+        replicas, router = started(3, queue_limit=4)
         home = HashRing(["r0", "r1", "r2"]).lookup("conv-a")
         ranks = names(await choose(router, replicas, Chat("conv-a")))
         assert ranks[0] == [home] and sorted(ranks[1]) == sorted({"r0", "r1", "r2"} - {home})
@@ -82,9 +83,7 @@ def test_a_new_conversation_goes_home_on_the_ring_and_then_stays_where_it_was_se
 
 def test_a_preferred_replica_over_the_queue_limit_gives_way_to_the_least_loaded():
     async def scenario():
-        replicas = [StandInReplica("r0"), StandInReplica("r1")]
-        router = make_router(queue_limit=2)
-        router.update_replicas(replicas)
+        replicas, router = started(queue_limit=2)
         await asyncio.sleep(0)  # let the update's background probe fill the queue-length cache
         home = HashRing(["r0", "r1"]).lookup("conv-b")
         for queue_len, expected_first_rank in ((2, [home]), (3, ["r0", "r1"])):
@@ -95,9 +94,9 @@ def test_a_preferred_replica_over_the_queue_limit_gives_way_to_the_least_loaded(
 
 def test_an_unknown_queue_length_is_probed():
     async def scenario():
-        replicas = [StandInReplica("r0", queue_len=9), StandInReplica("r1", queue_len=9)]
-        router = make_router(queue_limit=4)
-        router.update_replicas(replicas)
+        replicas, router = started(queue_limit=4)
+        for replica in replicas:
+            replica.queue_len = 9
         router.replica_queue_len_cache.remove_inactive_replicas(active_replica_ids=set())
         assert names(await choose(router, replicas, Chat("conv-c"))) == [["r0", "r1"]]
     run(scenario)
@@ -105,9 +104,7 @@ def test_an_unknown_queue_length_is_probed():
 
 def test_a_conversation_whose_replica_died_goes_to_its_home_among_the_living():
     async def scenario():
-        replicas = [StandInReplica(f"r{i}") for i in range(3)]
-        router = make_router()
-        router.update_replicas(replicas)
+        replicas, router = started(3)
         router.on_request_routed(pending(Chat("conv-d")), replicas[0].replica_id, None)
         living = replicas[1:]
         router.update_replicas(living)
@@ -117,9 +114,7 @@ def test_a_conversation_whose_replica_died_goes_to_its_home_among_the_living():
 
 def test_adding_a_replica_moves_no_known_conversation_and_few_new_ones():
     async def scenario():
-        replicas = [StandInReplica(f"r{i}") for i in range(4)]
-        router = make_router(queue_limit=100)
-        router.update_replicas(replicas)
+        replicas, router = started(4, queue_limit=100)
         known = [f"known-{i}" for i in range(200)]
         before = {}
         for key in known:
@@ -138,10 +133,8 @@ def test_adding_a_replica_moves_no_known_conversation_and_few_new_ones():
 
 def test_an_export_goes_to_its_target_or_anywhere_if_the_target_is_gone():
     async def scenario():
-        replicas = [StandInReplica("r0"), StandInReplica("r1")]
         for cls in (ConversationRouter, RandomRouter):
-            router = make_router(cls)
-            router.update_replicas(replicas)
+            replicas, router = started(cls=cls)
             assert names(await choose(router, replicas, Export("r1"))) == [["r1"]]
             assert names(await choose(router, replicas, Export("gone"))) == [["r0", "r1"]]
     run(scenario)
@@ -149,9 +142,7 @@ def test_an_export_goes_to_its_target_or_anywhere_if_the_target_is_gone():
 
 def test_the_remembered_conversations_are_bounded():
     async def scenario():
-        replicas = [StandInReplica("r0"), StandInReplica("r1")]
-        router = make_router(remembered=3)
-        router.update_replicas(replicas)
+        replicas, router = started(remembered=3)
         for i in range(5):
             key = f"c{i}"
             elsewhere = "r1" if HashRing(["r0", "r1"]).lookup(key) == "r0" else "r0"
@@ -164,9 +155,7 @@ def test_the_remembered_conversations_are_bounded():
 
 def test_random_routing_spreads_one_conversation_over_every_replica():
     async def scenario():
-        replicas = [StandInReplica("r0"), StandInReplica("r1")]
-        router = make_router(RandomRouter)
-        router.update_replicas(replicas)
+        replicas, router = started(cls=RandomRouter)
         picks = [names(await choose(router, replicas, Chat("same")))[0][0] for _ in range(200)]
         assert 60 < picks.count("r0") < 140
     run(scenario)
