@@ -1,9 +1,11 @@
-"""A local Ray instance for the scale tests: 2 CPUs, no dashboard, no HTTP proxy unless a test deploys the ingress;
-started once per test session (about 10 s) and shut down at the end."""
+"""Fixtures of the scale tests: a local Ray instance (2 CPUs, no dashboard, no HTTP proxy), started once per test
+session (about 10-20 s) and shut down at the end; a tiny Cobra and an image for the tests without Ray."""
 
 from pathlib import Path
 
 import pytest
+
+from tests.sessions.conftest import cobra, image  # noqa: F401 - the sessions' tiny Cobra and test image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,3 +20,4 @@ def ray_cluster():
     yield ray
     serve.shutdown()
     ray.shutdown()
+
