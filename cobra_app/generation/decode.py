@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
 import torch
@@ -18,12 +18,13 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerFast
 
 from cobra_app.generation.sampling import SamplingParams, make_generator, next_token
+from cobra_app.generation.stopping import StopStrings
 from cobra_app.generation.streaming import TextStreamer
 
-# How a reply ended: "eos" (the model ended it), "length" (max_new_tokens), "stopped" (a stop request or an abandoned
-# iteration). The decode loop ends with one of these three; the session layer adds "context" (the reply reached the
-# context limit) and "error" (a model error ended it).
-FinishReason = Literal["eos", "length", "stopped", "context", "error"]
+# How a reply ended: "eos" (the model ended it), "stop_string" (its text reached one of `SamplingParams.stop`),
+# "length" (max_new_tokens), "stopped" (a stop request or an abandoned iteration). The decode loop ends with one of
+# these four; the session layer adds "context" (the reply reached the context limit) and "error" (a model error).
+FinishReason = Literal["eos", "stop_string", "length", "stopped", "context", "error"]
 
 
 class StepLM(Protocol):
@@ -36,12 +37,13 @@ class StepLM(Protocol):
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """One streamed item: an emitted token and the text it completes ("" while a character is incomplete, or
-    without a streamer). When text is still held back as decoding ends, a last event with token_id=None carries it.
+    """One streamed item: an emitted token and the text it completes ("" while a character is incomplete, while
+    text may still become a stop string, or without a streamer). When text is still held back as decoding ends, a
+    last event with token_id=None carries it.
 
-    With `Decoder(logprobs=k)`: `logprob` is the token's log-probability under the model's raw distribution (the
-    log-softmax of its logits over the tokenizer's vocabulary, before repetition penalty, temperature, top-k/top-p),
-    and `top_logprobs` the k most likely tokens there as (token id, logprob), most likely first."""
+    With `Decoder(logprobs=k)`: `logprob` is the token's log-probability under the model's raw distribution
+    (log-softmax of the logits over the tokenizer's vocabulary, before repetition penalty, temperature, top-k and
+    top-p) and `top_logprobs` the k most likely (token id, log-probability) pairs of that distribution, best first."""
 
     token_id: int | None
     text: str = ""
@@ -74,8 +76,10 @@ class Decoder:
     lm: model with `step`; first_logits [V] the logits after the prompt; state: the state after the prompt.
     stop_event: checked before every model step (and before the first token); once set, decoding ends after the
     token already emitted, with finish_reason "stopped". Abandoning the iteration (closing it) counts as a stop.
-    history_ids: the prompt's ids, for the repetition penalty. streamer: fills `TokenEvent.text`.
-    vocab_size: only logits[:vocab_size] are candidates (the model's rows beyond the tokenizer are padding).
+    history_ids: the prompt's ids, for the repetition penalty. streamer: fills `TokenEvent.text` (needed for
+    `params.stop`: decoding ends with finish_reason "stop_string" once the text contains a stop string, and the
+    events' texts end just before it; the token ids keep every emitted token). vocab_size: only logits[:vocab_size]
+    are candidates (the model's rows beyond the tokenizer are padding).
     logprobs: None, or k >= 0: each TokenEvent carries its token's logprob and the k most likely tokens' (raw model).
     """
 
@@ -95,6 +99,8 @@ class Decoder:
     ):
         if first_logits.dim() != 1:
             raise ValueError(f"first_logits must be [vocab], got shape {tuple(first_logits.shape)}")
+        if params.stop and streamer is None:
+            raise ValueError("stop strings need a streamer (they are matched on the text)")
         if logprobs is not None and logprobs < 0:
             raise ValueError(f"logprobs must be None or >= 0, got {logprobs}")
         self.lm, self.params, self.eos_id = lm, params, eos_id
@@ -115,9 +121,10 @@ class Decoder:
             logits, state = self.lm.step(torch.tensor([token], device=device), state)
         return logits, state
 
-    def _event(self, token: int, logits: Tensor) -> TokenEvent:
-        """The event of an emitted token drawn from logits [V]."""
+    def _event(self, token: int, logits: Tensor, stops: StopStrings | None) -> TokenEvent:
+        """The event of an emitted token drawn from logits [V] (its text held back while it may start a stop)."""
         text = self.streamer.put(token) if self.streamer else ""
+        text = stops.push(text) if stops else text
         if self.logprobs is None:
             return TokenEvent(token, text)
         logprob, top = token_logprobs(logits[: self.vocab_size], token, self.logprobs)
@@ -126,6 +133,7 @@ class Decoder:
     def _run(self, logits: Tensor, state: Any, history: list[int]) -> Iterator[TokenEvent]:
         p, device = self.params, logits.device
         generator = None if p.greedy else make_generator(p.seed, device)
+        stops = StopStrings(p.stop) if p.stop else None
         ids = torch.tensor(history + [0] * p.max_new_tokens, dtype=torch.long, device=device)[None]  # [1, T + N]
         logits, tokens, finish = logits[None], [], "stopped"
         try:
@@ -136,13 +144,22 @@ class Decoder:
                 token = int(next_token(logits[:, : self.vocab_size], ids[:, :n], p, generator))
                 ids[0, n] = token
                 tokens.append(token)
-                yield self._event(token, logits[0])
+                yield self._event(token, logits[0], stops)
+                if stops and stops.matched is not None:
+                    finish = "stop_string"
+                    break
                 if token == self.eos_id or len(tokens) == p.max_new_tokens:
                     finish = "eos" if token == self.eos_id else "length"
                     break
         finally:  # also on close(): the result is consistent whenever the loop leaves
             self.result = DecodeResult(tokens, finish, state, tokens[-1] if tokens else None, logits[0])
-        if self.streamer and (rest := self.streamer.flush()):
+        rest = self.streamer.flush() if self.streamer else ""
+        if stops:
+            matched_before = stops.matched is not None
+            rest = stops.push(rest) + stops.flush()
+            if not matched_before and stops.matched is not None:  # the held-back tail completed a stop string
+                self.result = replace(self.result, finish_reason="stop_string")
+        if rest:
             yield TokenEvent(None, rest)
 
 

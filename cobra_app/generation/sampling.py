@@ -32,8 +32,9 @@ def _is_real(x: object) -> bool:
 @dataclass(frozen=True)
 class SamplingParams:
     """Decoding settings. Neutral values switch a feature off: top_k=0, top_p=1.0, temperature=1.0,
-    repetition_penalty=1.0. A top_k above the vocabulary size means the whole vocabulary. `seed=None`: a random seed.
-    Validated on construction (ValueError)."""
+    repetition_penalty=1.0, stop=(). A top_k above the vocabulary size means the whole vocabulary. `seed=None`: a
+    random seed. `stop`: strings that end the reply (the reply's text ends just before the first one; see
+    `Decoder`). Validated on construction (ValueError)."""
 
     max_new_tokens: int = 256
     greedy: bool = True
@@ -42,6 +43,7 @@ class SamplingParams:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -59,6 +61,8 @@ class SamplingParams:
              "a finite number > 0 (1 = off)"),
             ("seed", self.seed is None or (_is_int(self.seed) and 0 <= self.seed < 2**64),
              "None or an integer in [0, 2**64)"),
+            ("stop", isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop),
+             "a tuple of non-empty strings"),
         ]
         for name, ok, rule in rules:
             if not ok:

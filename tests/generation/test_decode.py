@@ -3,6 +3,7 @@
 Contract tests run on a tiny deterministic fake LM and on the real `MambaLM` (tiny config).
 """
 
+import dataclasses
 import threading
 import time
 
@@ -305,3 +306,51 @@ def test_cut_inside_a_character_flushes_a_final_event(tokenizer, how):
     assert [e.token_id for e in decoder.events] == script[:cut] + [None]
     assert decoder.events[-1].text.endswith(REPLACEMENT)
     assert "".join(e.text for e in decoder.events) == tokenizer.decode(script[:cut], skip_special_tokens=True)
+
+
+# --- stop strings and log-probabilities ------------------------------------------------------------------------------
+
+
+def test_a_stop_string_ends_the_reply_just_before_it(lm, prompt, tokenizer):
+    """The text ends before the stop string; the ids run to the token that completed it; the state contract holds."""
+    params = SamplingParams(max_new_tokens=40, greedy=False, seed=5)
+    reference = decode(lm, prompt, params, streamer=TextStreamer(tokenizer), vocab_size=len(tokenizer)).result
+    full = tokenizer.decode(reference.token_ids, skip_special_tokens=True)
+    stop = full[len(full) // 2 : len(full) // 2 + 3]
+    completed = next(k for k in range(1, len(reference.token_ids) + 1)
+                     if stop in tokenizer.decode(reference.token_ids[:k], skip_special_tokens=True))
+    with_stop = dataclasses.replace(params, stop=("never there", stop))
+    decoder = decode(lm, prompt, with_stop, streamer=TextStreamer(tokenizer), vocab_size=len(tokenizer))
+    assert "".join(e.text for e in decoder.events) == full[: full.index(stop)]
+    assert decoder.result.finish_reason == "stop_string"
+    assert decoder.result.token_ids == reference.token_ids[:completed]
+    assert_contract(lm, prompt, decoder)
+
+
+def test_stop_strings_need_a_streamer(fake, prompt):
+    first_logits, state = prefill(fake, prompt)
+    with pytest.raises(ValueError, match="streamer"):
+        Decoder(fake, first_logits, state, SamplingParams(stop=("\n",)), NEVER)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=12),
+                                    SamplingParams(max_new_tokens=12, greedy=False, temperature=0.3, top_p=0.8,
+                                                   repetition_penalty=1.5, seed=2)])
+def test_log_probabilities_are_the_raw_model_distribution(lm, prompt, tokenizer, params):
+    """Each token's logprob and top-k equal log-softmax of a full recompute's logits over the tokenizer's vocabulary,
+    whatever the sampling settings (they change which token is picked, not the reported distribution)."""
+    vocab = len(tokenizer)
+    decoder = decode(lm, prompt, params, vocab_size=vocab, logprobs=5)
+    tokens = decoder.result.token_ids
+    for i, event in enumerate(decoder.events):
+        expected = torch.log_softmax(prefill(lm, prompt + tokens[:i])[0][:vocab].float(), dim=-1)
+        assert event.logprob == pytest.approx(expected[event.token_id].item(), abs=1e-4)
+        best = torch.topk(expected, 5)
+        assert [t for t, _ in event.top_logprobs] == best.indices.tolist()
+        assert [lp for _, lp in event.top_logprobs] == pytest.approx(best.values.tolist(), abs=1e-4)
+    assert all(e.logprob is None and e.top_logprobs == () for e in decode(lm, prompt, params).events)
+
+
+def test_zero_logprobs_gives_the_token_logprob_only(fake, prompt):
+    events = decode(fake, prompt, SamplingParams(max_new_tokens=3), logprobs=0).events
+    assert all(e.logprob is not None and e.logprob <= 0 and e.top_logprobs == () for e in events)

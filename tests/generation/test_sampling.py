@@ -1,6 +1,7 @@
 """SamplingParams validation, the release's processor order, greedy and seeded sampling."""
 
 import math
+import re
 from dataclasses import asdict
 
 import pytest
@@ -24,6 +25,7 @@ def test_defaults():
         "top_p": 1.0,
         "repetition_penalty": 1.0,
         "seed": None,
+        "stop": (),
     }
 
 
@@ -38,10 +40,11 @@ def test_defaults():
         ("top_p", 0.0), ("top_p", 1.5), ("top_p", math.nan),
         ("repetition_penalty", 0.0), ("repetition_penalty", -1.2), ("repetition_penalty", math.inf),
         ("seed", -1), ("seed", 2**64), ("seed", "42"), ("seed", 1.0),
+        ("stop", "\n"), ("stop", ["\n"]), ("stop", ("",)), ("stop", ("ok", None)),
     ],
 )  # fmt: skip
 def test_nonsense_raises_a_clear_error(field, value):
-    with pytest.raises(ValueError, match=f"^{field} must be .*, got {value!r}"):
+    with pytest.raises(ValueError, match=f"^{field} must be .*, got {re.escape(repr(value))}"):
         SamplingParams(**{field: value})
 
 
