@@ -23,7 +23,7 @@ def build(cfg):
     from cobra_app.ui.examples import load_examples
     from cobra_app.ui.chat_view import model_info_markdown
     from cobra_app.ui.handlers import ChatHandlers
-    from cobra_app.ui.images import ImageLimits
+    from cobra_app.images import ImageLimits
     from cobra_app.ui.layout import GradioNotifier, build_demo
     from cobra_app.ui.params import ParamLimits
     from cobra_app.serving.model_choice import choose_model

@@ -263,7 +263,7 @@ def replay_alone(model: str, report: LoadReport, workdir: Path, max_new_tokens: 
     from cobra_app.generation import SamplingParams
     from cobra_app.sessions import SessionManager
     from cobra_app.serving.config import parse_config
-    from cobra_app.ui.images import open_image
+    from cobra_app.images import open_image
     from cobra_app.serving.model_choice import choose_model
 
     cfg = parse_config(["--model", model])

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from cobra_app.generation import SamplingParams
+from cobra_app.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, open_image
 from cobra_app.sessions import SessionError, SessionManager, SessionNotFound
 from cobra_app.ui.chat_view import Message, format_speed, message_text, render_chat, user_turn_index
-from cobra_app.ui.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, open_image
 from cobra_app.ui.params import (
     DEFAULT_PARAM_LIMITS,
     DEFAULT_PARAMS,

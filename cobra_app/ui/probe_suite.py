@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cobra_app.ui.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, open_image
+from cobra_app.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, open_image
 
 SUITE_SUFFIXES = (".jsonl", ".json", ".ndjson")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")

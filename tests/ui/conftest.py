@@ -58,7 +58,7 @@ def manager(tiny_cobra):
 def ui(manager, notes):
     """The handler layer the UI and the API call, on the tiny model."""
     from cobra_app.ui.handlers import ChatHandlers
-    from cobra_app.ui.images import ImageLimits
+    from cobra_app.images import ImageLimits
 
     return ChatHandlers(manager, notifier=notes, image_limits=ImageLimits(max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS))
 

@@ -1,4 +1,4 @@
-"""Spec: the app's settings, image reading, model choice with its offline fallback, examples and probe-suite uploads."""
+"""Spec: the app's settings, model choice with its offline fallback, examples and probe-suite uploads."""
 
 import ctypes
 import io
@@ -8,14 +8,12 @@ import subprocess
 import sys
 import zipfile
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from cobra_app.loading import ModelUnavailableError
 from cobra_app.serving.config import AppConfig, parse_bytes, parse_config
 from cobra_app.ui.examples import Suggestions, load_examples
-from cobra_app.ui.images import ImageLimits, ImageRejected, open_image
 from cobra_app.ui.params import ParamValues
 from cobra_app.serving.model_choice import choose_model
 from cobra_app.ui.probe_suite import SuiteUploadError, run_uploaded_suite, stage_suite
@@ -94,54 +92,6 @@ def test_the_app_caps_the_arenas_before_it_builds_anything(monkeypatch, tmp_path
     monkeypatch.setattr(app, "build", build)
     assert app.main(["--model", str(tmp_path / "missing")]) == 1
     assert calls == ["cap", "build"]
-
-
-# --- images ---------------------------------------------------------------------------------------------------------
-def _save(tmp_path, image, name, **kwargs):
-    path = tmp_path / name
-    image.save(path, **kwargs)
-    return path
-
-
-def test_common_image_kinds_become_rgb(tmp_path):
-    rgba = Image.new("RGBA", (20, 10), (255, 0, 0, 0))
-    assert open_image(_save(tmp_path, rgba, "t.png")).getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
-    cmyk = Image.new("CMYK", (8, 8), (0, 255, 255, 0))
-    assert open_image(_save(tmp_path, cmyk, "c.jpg")).mode == "RGB"
-    deep = Image.fromarray(np.full((4, 4), 65535, np.uint16))
-    assert open_image(_save(tmp_path, deep, "d.png")).getpixel((0, 0)) == (255, 255, 255)
-    frames = [Image.new("RGB", (6, 6), c) for c in ("red", "blue")]
-    gif = tmp_path / "a.gif"
-    frames[0].save(gif, save_all=True, append_images=frames[1:])
-    assert open_image(gif).getpixel((0, 0))[0] > 200  # the first frame
-    tall = Image.new("RGB", (10, 20), "white")
-    exif = tall.getexif()
-    exif[0x0112] = 6  # rotated 90 degrees
-    assert open_image(_save(tmp_path, tall, "r.jpg", exif=exif)).size == (20, 10)
-    assert open_image(_save(tmp_path, Image.new("L", (1, 1)), "one.png")).size == (1, 1)
-
-
-def refusal(path, limits):
-    with pytest.raises(ImageRejected) as info:
-        open_image(path, limits)
-    return info.value.user_message
-
-
-def test_unreadable_or_oversized_images_are_refused_in_plain_words(tmp_path):
-    limits = ImageLimits(max_bytes=10_000, max_pixels=1_000_000)
-    (tmp_path / "empty.png").write_bytes(b"")
-    assert refusal(tmp_path / "empty.png", limits) == "The image file is empty. Please upload another image."
-    (tmp_path / "junk.png").write_bytes(b"hello, not an image")
-    assert refusal(tmp_path / "junk.png", limits).startswith("This file is not an image Cobra can read")
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), "red").save(buffer, "PNG")
-    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[:60])
-    assert refusal(tmp_path / "cut.png", limits).startswith("The image file is damaged or incomplete")
-    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))
-    assert refusal(_save(tmp_path, noisy, "big.png"), limits).endswith("kB; the limit is 10 kB. Please upload a smaller image.")
-    huge = _save(tmp_path, Image.new("1", (2000, 1000)), "huge.png")  # a small file of 2 MP
-    assert refusal(huge, limits) == ("The image is 2000x1000 pixels; the limit is 1 megapixels. "
-                                     "Please upload a smaller image.")
 
 
 # --- model choice ---------------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Reading a user's image safely: size caps checked before decoding, then decoded to the RGB image the model expects.
+"""Reading a user's image safely (UI uploads, API data: URLs, probe suites): size caps checked before decoding, then
+decoded to the RGB image the model expects.
 
 Every refusal is an `ImageRejected` whose `user_message` says in plain words what is wrong and what to do.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -53,34 +55,45 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_image(source: str | os.PathLike | Image.Image, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
-    """A file path (or PIL image) -> an RGB PIL image, or ImageRejected with a readable reason.
+def check_file_size(nbytes: int, limits: ImageLimits = DEFAULT_LIMITS) -> None:
+    """Refuse an image file of `nbytes` bytes (over the cap, or empty) before reading it."""
+    if nbytes > limits.max_bytes:
+        raise ImageRejected(f"The image file is {_megabytes(nbytes)}; the limit is {_megabytes(limits.max_bytes)}. "
+                            "Please upload a smaller image.")
+    if nbytes == 0:
+        raise ImageRejected("The image file is empty. Please upload another image.")
+
+
+def _open_file(source: str | os.PathLike | bytes, limits: ImageLimits) -> Image.Image:
+    """A path or a file's bytes -> a lazily decoded PIL image (header read only), after the file-size cap."""
+    if isinstance(source, bytes):
+        nbytes, file = len(source), io.BytesIO(source)
+    else:
+        file = Path(source)
+        try:
+            nbytes = file.stat().st_size
+        except OSError as exc:
+            raise ImageRejected("The image could not be read. Please upload it again.", str(exc)) from exc
+    check_file_size(nbytes, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(file)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("The image has too many pixels to be processed. Please upload a smaller image.",
+                            str(exc)) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageRejected("This file is not an image Cobra can read (or it is damaged). Please upload a PNG, "
+                            "JPEG, WebP or GIF image.", f"{type(exc).__name__}: {exc}") from exc
+
+
+def open_image(source: str | os.PathLike | bytes | Image.Image, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """A file path, a file's bytes (an upload, a data: URL) or a PIL image -> an RGB PIL image, or ImageRejected with
+    a readable reason.
 
     File size and pixel count are checked from the file's size and header before any pixel is decoded.
     Animated images give their first frame; EXIF orientation is applied."""
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        path = Path(source)
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise ImageRejected("The image could not be read. Please upload it again.", str(exc)) from exc
-        if size > limits.max_bytes:
-            raise ImageRejected(f"The image file is {_megabytes(size)}; the limit is {_megabytes(limits.max_bytes)}. "
-                                "Please upload a smaller image.")
-        if size == 0:
-            raise ImageRejected("The image file is empty. Please upload another image.")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                image = Image.open(path)
-        except Image.DecompressionBombError as exc:
-            raise ImageRejected("The image has too many pixels to be processed. Please upload a smaller image.",
-                                str(exc)) from exc
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise ImageRejected("This file is not an image Cobra can read (or it is damaged). Please upload a PNG, "
-                                "JPEG, WebP or GIF image.", f"{type(exc).__name__}: {exc}") from exc
+    image = source if isinstance(source, Image.Image) else _open_file(source, limits)
     width, height = image.size
     if width * height > limits.max_pixels:
         raise ImageRejected(f"The image is {width}x{height} pixels; the limit is {limits.max_pixels / 1e6:.0f} "
