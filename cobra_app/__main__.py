@@ -9,6 +9,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("cobra_app.cli.chat", "terminal chat about an image, with cached state across turns"),
     "probe": ("cobra_app.cli.probe", "closed-set scoring of a JSONL probe suite, with an HTML report"),
+    "serve": ("cobra_app.api.serve", "the OpenAI-compatible API (/v1) alone, without the page"),
     "bench": ("cobra_app.bench.run", "speed benchmark (prefill, decode, follow-up turns, batching)"),
     "convert": ("cobra_app.cli.convert", "write a self-contained model directory from a release-layout run"),
     "train-demo": ("cobra_app.demo.train", "train the offline demo model on synthetic scenes"),

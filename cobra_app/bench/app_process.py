@@ -1,4 +1,5 @@
-"""Run the app (`python app.py`) in a subprocess on a free loopback port: for the load script and the app's tests."""
+"""Run the app (`python app.py`, or the API alone: `python -m cobra_app serve`) in a subprocess on a free loopback
+port: for the load script and the app's tests."""
 
 from __future__ import annotations
 
@@ -31,18 +32,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(*args: str, env: dict | None = None, timeout_s: float = 120.0,
-                log_path: Path | None = None) -> Iterator[AppURL]:
-    """Start `python app.py --host 127.0.0.1 --port FREE *args`; yield its URL (a str with `.log`, the path of its
-    output, and `.pid`); stop it afterwards. The app runs offline: HF_HUB_OFFLINE=1, no analytics."""
+def running_app(*args: str, env: dict | None = None, timeout_s: float = 120.0, log_path: Path | None = None,
+                entry: tuple[str, ...] = (str(ROOT / "app.py"),), ready_path: str = "") -> Iterator[AppURL]:
+    """Start `python app.py --host 127.0.0.1 --port FREE *args` (`entry`: another command line after `python`);
+    once URL + `ready_path` answers, yield its URL (a str with `.log`, the path of its output, and `.pid`); stop it
+    afterwards. The app runs offline: HF_HUB_OFFLINE=1, no analytics."""
     port = free_port()
     log_path = log_path or ROOT / "artifacts" / f"app-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     environ = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
                "NO_PROXY": "127.0.0.1,localhost", **(env or {})}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
-                                 *args], cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, *entry, "--host", "127.0.0.1", "--port", str(port), *args], cwd=ROOT,
+                                env=environ, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
         try:
             deadline = time.monotonic() + timeout_s
@@ -50,7 +52,7 @@ def running_app(*args: str, env: dict | None = None, timeout_s: float = 120.0,
                 if proc.poll() is not None:
                     raise RuntimeError(f"the app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
                 try:
-                    with urllib.request.urlopen(url, timeout=2) as response:
+                    with urllib.request.urlopen(url + ready_path, timeout=2) as response:
                         if response.status == 200:
                             break
                 except OSError:

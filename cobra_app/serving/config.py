@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from cobra_app.paths import DEMO_MODEL_DIR
 
@@ -68,6 +68,8 @@ class AppConfig:
     history: str = "release"  # how replies enter the history: as the release keeps them, or the generated ids
     state_dir: str | None = None  # folder of the disk tier of the state store (None: states in memory only)
     state_dir_size: int = 10 * 10**9  # most bytes of state files kept there
+    api_key: str | None = field(default=None, repr=False)  # the OpenAI-compatible API's key (None: open)
+    allow_image_urls: bool = False  # API requests may name http(s) images for the server to fetch
 
 
 # field -> (flag, env var, parser, help)
@@ -102,19 +104,26 @@ OPTIONS: dict[str, tuple[str, str, object, str]] = {
                   "folder where conversation states are also kept on disk, so they survive restarts"),
     "state_dir_size": ("--state-dir-size", "COBRA_STATE_DIR_SIZE", parse_bytes,
                        "most bytes of state files in --state-dir, least recently used removed first"),
+    "api_key": ("--api-key", "COBRA_API_KEY", str,
+                ("key the OpenAI-compatible API (/v1) requires as 'Authorization: Bearer KEY' (prefer the variable: "
+                 "a flag shows in the process list)")),
+    "allow_image_urls": ("--allow-image-urls", "COBRA_ALLOW_IMAGE_URLS", _truthy,
+                         ("let API requests give http(s) image URLs for the server to fetch (it then fetches any "
+                          "address its callers name)")),
 }
 
 
-def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> AppConfig:
+def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, *,
+                 prog: str = "app.py", description: str = "Cobra Chat: chat with Cobra about an image.") -> AppConfig:
     """Flags > COBRA_* environment variables > (for host/port) GRADIO_SERVER_NAME/PORT > defaults."""
     import os
 
     environ = os.environ if environ is None else environ
     defaults = AppConfig()
-    parser = argparse.ArgumentParser(prog="app.py", description="Cobra Chat: chat with Cobra about an image.")
-    for name, (flag, env, _, help_text) in OPTIONS.items():
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for name, (flag, env, convert, help_text) in OPTIONS.items():
         default = getattr(defaults, name)
-        if name == "share":
+        if convert is _truthy:  # a switch
             parser.add_argument(flag, action="store_true", default=None, help=f"{help_text} (env {env})")
         else:
             parser.add_argument(flag, default=None, help=f"{help_text} (env {env}; default {default})")

@@ -78,6 +78,14 @@ def test_the_app_caps_malloc_arenas_so_worker_threads_share_freed_memory():
     assert arenas("cap") == 2
 
 
+def test_the_api_s_key_and_image_url_switch():
+    assert (AppConfig().api_key, AppConfig().allow_image_urls) == (None, False)
+    cfg = parse_config(["--allow-image-urls"], {"COBRA_API_KEY": "s3cret"})
+    assert cfg.api_key == "s3cret" and cfg.allow_image_urls and "s3cret" not in repr(cfg)  # never in a log line
+    assert parse_config(["--api-key", "flag"], {"COBRA_API_KEY": "env"}).api_key == "flag"
+    assert parse_config([], {"COBRA_ALLOW_IMAGE_URLS": "true"}).allow_image_urls
+
+
 def test_the_app_caps_the_arenas_before_it_builds_anything(monkeypatch, tmp_path):
     import app
     import cobra_app.serving.malloc
@@ -183,8 +191,8 @@ def test_suite_uploads_cannot_reach_outside_their_folder(tmp_path):
 def test_app_wires_model_calls_into_a_shared_bounded_queue_and_names_the_api(tiny_model_dir):
     import app
 
-    demo, choice = app.build(AppConfig(model=str(tiny_model_dir), concurrency=3, queue_size=10))
-    assert not choice.is_fallback
+    demo, api, choice = app.build(AppConfig(model=str(tiny_model_dir), concurrency=3, queue_size=10))
+    assert not choice.is_fallback and api.path == "/v1"
     fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert set(fns) == {"set_image", "chat", "regenerate", "edit", "stop", "undo", "clear", "probe", "model_info",
                         "run_suite"}
