@@ -8,7 +8,7 @@ import openai
 import pytest
 from gradio_client import Client, handle_file
 
-from tests.ui.support import EXAMPLES, running_app
+from tests.ui.support import EXAMPLES, ROOT, running_app
 
 pytestmark = pytest.mark.slow
 GREEDY = {"max_new_tokens": 24, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0,
@@ -44,10 +44,20 @@ def test_the_page_and_the_api_share_one_port(app_model_dir):
         assert "chatcmpl-" in url.log.read_text()  # the API's requests are logged next to the page's
 
 
-def test_serve_runs_the_api_without_the_page(app_model_dir):
+def readme_example() -> str:
+    """The README's `openai` example."""
+    section = (ROOT / "README.md").read_text().split("## OpenAI-compatible API", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_serve_runs_the_api_without_the_page_and_the_readme_example_works(app_model_dir, capsys):
     with running_app("--model", str(app_model_dir), entry=("-m", "cobra_app", "serve"),
                      ready_path="v1/models") as url:
         api = openai.OpenAI(base_url=f"{url}v1", api_key="unused", max_retries=0)
         (model,) = [m.id for m in api.models.list()]
         assert ask(api, model)
         assert httpx.get(url).status_code == 404  # no page
+        example = readme_example()
+        assert "http://127.0.0.1:7860/v1" in example
+        exec(compile(example.replace("http://127.0.0.1:7860/v1", f"{url}v1"), "README.md", "exec"), {})
+        assert capsys.readouterr().out.strip()  # the streamed follow-up
