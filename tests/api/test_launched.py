@@ -59,5 +59,5 @@ def test_serve_runs_the_api_without_the_page_and_the_readme_example_works(app_mo
         assert httpx.get(url).status_code == 404  # no page
         example = readme_example()
         assert "http://127.0.0.1:7860/v1" in example
-        exec(compile(example.replace("http://127.0.0.1:7860/v1", f"{url}v1"), "README.md", "exec"), {})
+        exec(compile(example.replace("http://127.0.0.1:7860/v1", f"{url}v1"), "README.md", "exec"), {})  # noqa: S102
         assert capsys.readouterr().out.strip()  # the streamed follow-up
