@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -20,6 +21,13 @@ from cobra_app.images import ImageLimits, ImageRejected, check_file_size, open_i
 DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<data>.*)", re.DOTALL)
 FETCH_TIMEOUT_S = 10.0
 MAX_REDIRECTS = 3
+
+
+def image_data_url(image: Image.Image, fmt: str = "PNG") -> str:
+    """An image as a data: URL (what clients send; the inverse of `decode_data_url`)."""
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 def decode_data_url(url: str, limits: ImageLimits) -> bytes:

@@ -1,9 +1,6 @@
 """Fixtures for the API's tests: one tiny fp32 Cobra (random weights) and API servers over it, run by uvicorn in a
 thread on a free loopback port, reached through the official `openai` client or raw HTTP."""
 
-import base64
-import io
-
 import pytest
 import torch
 
@@ -21,12 +18,6 @@ def cobra():
 @pytest.fixture
 def image():
     return sample_image(48, 32, seed=1)
-
-
-def data_url(image, fmt: str = "PNG") -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt)
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @pytest.fixture(autouse=True)

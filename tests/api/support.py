@@ -1,4 +1,4 @@
-"""Helpers for the API's tests: a served API over any backend, a backend that records its replies, message builders."""
+"""Helpers for the API's tests: a served API over any backend, a backend with slow replies, message builders."""
 
 from __future__ import annotations
 
@@ -17,17 +17,14 @@ def served(cobra, backend, **config):
         yield url, mount.app
 
 
-class Recording:
-    """A backend wrapper that keeps every reply it starts (to read their stats) and can slow each token down."""
+class Slow:
+    """A backend whose replies take `delay_s` per token (long enough to leave in the middle)."""
 
-    def __init__(self, backend, token_delay_s: float = 0.0):
-        self.backend, self.token_delay_s = backend, token_delay_s
-        self.replies = []
+    def __init__(self, backend, delay_s: float):
+        self.backend, self.delay_s = backend, delay_s
 
     def complete(self, image, messages, params=None, *, top_logprobs=None):
-        reply = self.backend.complete(image, messages, params, top_logprobs=top_logprobs)
-        self.replies.append(reply)
-        return _SlowReply(reply, self.token_delay_s) if self.token_delay_s else reply
+        return _SlowReply(self.backend.complete(image, messages, params, top_logprobs=top_logprobs), self.delay_s)
 
 
 class _SlowReply:

@@ -9,8 +9,9 @@ import openai
 import pytest
 from PIL import Image
 
-from tests.api.conftest import data_url
-from tests.api.support import Recording, assistant, served, user
+from cobra_app.api.image_urls import image_data_url
+from cobra_app.bench.api import Recording
+from tests.api.support import assistant, served, user
 
 MODEL = "tiny-cobra"
 CONTEXT = 120  # the backend's context limit here (text tokens)
@@ -37,7 +38,7 @@ def body(messages, **fields) -> dict:
 
 
 def small_image() -> str:
-    return data_url(noisy_image(8, 8))
+    return image_data_url(noisy_image(8, 8))
 
 
 BAD_BODIES = {
@@ -70,9 +71,9 @@ BAD_BODIES = {
                                         "messages[0].content[0].image_url", "invalid_image"),
     "a damaged image": (body([user("Hi", "data:image/png;base64," + small_image()[40:])]),
                         "messages[0].content[0].image_url", "invalid_image"),
-    "an image over the byte cap": (body([user("Hi", data_url(noisy_image(60, 60)))]),
+    "an image over the byte cap": (body([user("Hi", image_data_url(noisy_image(60, 60)))]),
                                    "messages[0].content[0].image_url", "invalid_image"),
-    "an image over the pixel cap": (body([user("Hi", data_url(Image.new("1", (200, 100))))]),
+    "an image over the pixel cap": (body([user("Hi", image_data_url(Image.new("1", (200, 100))))]),
                                     "messages[0].content[0].image_url", "invalid_image"),
     "an http image URL": (body([user("Hi", "http://127.0.0.1:9/a.png")]), "messages[0].content[0].image_url",
                           "invalid_image"),

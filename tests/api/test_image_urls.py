@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobra_app.api.image_urls import read_image_url
+from cobra_app.api.image_urls import image_data_url, read_image_url
 from cobra_app.images import ImageLimits, ImageRejected
-from tests.api.conftest import data_url
 
 LIMITS = ImageLimits(max_bytes=20_000, max_pixels=1_000_000)
 
@@ -36,10 +35,10 @@ def noise(size: int) -> Image.Image:
 
 
 def test_data_urls_give_the_image_as_a_file_would(image):
-    assert np.array_equal(np.asarray(read_image_url(data_url(image), LIMITS, False)), np.asarray(image))
-    jpeg = read_image_url(data_url(image, "JPEG"), LIMITS, False)
+    assert np.array_equal(np.asarray(read_image_url(image_data_url(image), LIMITS, False)), np.asarray(image))
+    jpeg = read_image_url(image_data_url(image, "JPEG"), LIMITS, False)
     assert jpeg.size == image.size and jpeg.mode == "RGB"
-    wrapped = data_url(image).replace("base64,", "base64,\n")  # line breaks inside base64 are tolerated
+    wrapped = image_data_url(image).replace("base64,", "base64,\n")  # line breaks inside base64 are tolerated
     assert read_image_url(wrapped, LIMITS, False).size == image.size
     percent = "data:image/png," + quote_from_bytes(png_bytes(image))  # not base64
     assert read_image_url(percent, LIMITS, False).size == image.size
@@ -53,9 +52,9 @@ def test_data_urls_that_are_not_images_or_over_the_caps_are_refused(image):
     assert "not valid base64" in refusal("data:image/png;base64,@@@@")
     assert "malformed" in refusal("data:image/png;base64")
     assert refusal("data:image/png;base64,") == "The image file is empty. Please upload another image."
-    big = data_url(noise(100))  # ~30 kB of PNG
+    big = image_data_url(noise(100))  # ~30 kB of PNG
     assert refusal(big).endswith("the limit is 20 kB. Please upload a smaller image.")
-    huge = data_url(Image.new("1", (2000, 1000)))  # small file, 2 megapixels
+    huge = image_data_url(Image.new("1", (2000, 1000)))  # small file, 2 megapixels
     assert refusal(huge).startswith("The image is 2000x1000 pixels; the limit is 1 megapixels.")
 
 

@@ -7,11 +7,12 @@ import openai
 import pytest
 
 from cobra_app.api.conversation import read_messages
+from cobra_app.api.image_urls import image_data_url
 from cobra_app.api.reference import ReferenceBackend
 from cobra_app.api.schemas import ChatMessage
+from cobra_app.bench.api import Recording
 from cobra_app.generation import SamplingParams
-from tests.api.conftest import data_url
-from tests.api.support import Recording, assistant, served, user
+from tests.api.support import assistant, served, user
 
 MODEL = "tiny-cobra"
 QUESTIONS = ("What is in the image?", "Is there a dog? Answer yes or no.", "Describe the picture.")
@@ -53,7 +54,7 @@ def test_the_served_model_is_listed_and_others_are_not_found(client):
 
 
 def test_a_reply_about_an_image_streamed_and_not(client, cobra, image):
-    messages = [user(QUESTIONS[0], data_url(image))]
+    messages = [user(QUESTIONS[0], image_data_url(image))]
     text, _, stats = reference(cobra, image, messages, SamplingParams(max_new_tokens=20))
     done = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=20)
     assert done.choices[0].message.content == text and done.choices[0].message.role == "assistant"
@@ -78,7 +79,7 @@ def test_a_reply_about_an_image_streamed_and_not(client, cobra, image):
 def test_a_multi_turn_chat_resent_whole_each_turn(client, cobra, image):
     messages = []
     for i, question in enumerate(QUESTIONS):
-        messages.append(user(question, data_url(image) if i == 0 else None))
+        messages.append(user(question, image_data_url(image) if i == 0 else None))
         answer = client.chat.completions.create(model=MODEL, messages=messages, max_completion_tokens=12)
         text, _, stats = reference(cobra, image, messages, SamplingParams(max_new_tokens=12))
         assert answer.choices[0].message.content == text
@@ -93,7 +94,7 @@ def test_text_only_chats_work_too(client, cobra):
 
 
 def test_log_probabilities_of_each_token_and_its_best_alternatives(client, cobra, image):
-    messages = [user(QUESTIONS[1], data_url(image))]
+    messages = [user(QUESTIONS[1], image_data_url(image))]
     _, events, _ = reference(cobra, image, messages, SamplingParams(max_new_tokens=10), top_logprobs=3)
     expected = [e for e in events if e.token_id is not None and e.token_id != cobra.turns.eos_id]
     answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, logprobs=True,
@@ -114,7 +115,7 @@ def test_log_probabilities_of_each_token_and_its_best_alternatives(client, cobra
 
 
 def test_a_stop_string_ends_the_reply_before_it(client, cobra, image):
-    messages = [user(QUESTIONS[2], data_url(image))]
+    messages = [user(QUESTIONS[2], image_data_url(image))]
     full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=30).choices[0].message.content
     stop = full[len(full) // 2 : len(full) // 2 + 2]
     assert stop.strip(), f"pick another stop string in {full!r}"
@@ -127,7 +128,7 @@ def test_a_stop_string_ends_the_reply_before_it(client, cobra, image):
 
 
 def test_seeded_sampling_reproduces_and_temperature_zero_is_greedy(client, cobra, image):
-    messages = [user(QUESTIONS[0], data_url(image))]
+    messages = [user(QUESTIONS[0], image_data_url(image))]
 
     def ask(**params):
         return client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16,

@@ -10,8 +10,9 @@ import openai
 import pytest
 
 from cobra_app.api.reference import ReferenceBackend
+from cobra_app.bench.api import Recording
 from cobra_app.generation import SamplingParams
-from tests.api.support import Recording, served, user, wait_for
+from tests.api.support import Slow, served, user, wait_for
 
 MODEL = "tiny-cobra"
 SLOW = 0.05  # seconds per token: replies long enough to leave in the middle
@@ -23,7 +24,7 @@ REQUEST = {"model": MODEL, "messages": [user("What is in the image?")], "max_tok
 def slow(cobra, make_backend):
     """One slot, slow tokens: (url, recording backend, app, the backend under test)."""
     inner = make_backend(cobra)
-    backend = Recording(inner, token_delay_s=SLOW)
+    backend = Recording(Slow(inner, SLOW))
     with served(cobra, backend, concurrency=1, queue_size=1) as (url, app):
         yield url, backend, app, inner
 
@@ -133,7 +134,7 @@ def test_model_errors_answer_500_and_free_the_slot(cobra, after, caplog):
 
 def test_replies_run_off_the_event_loop(cobra):
     """While one reply decodes slowly, the server answers other requests at once."""
-    backend = Recording(ReferenceBackend(cobra), token_delay_s=SLOW)
+    backend = Recording(Slow(ReferenceBackend(cobra), SLOW))
     with served(cobra, backend) as (url, _):
         worker = threading.Thread(target=lambda: httpx.post(f"{url}/chat/completions", json=REQUEST, timeout=60))
         worker.start()
