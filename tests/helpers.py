@@ -89,6 +89,14 @@ def make_tiny_vlm(seed: int = 0):
     return vlm.eval(), tokenizer
 
 
+def make_tiny_cobra(seed: int = 0):
+    """`make_tiny_vlm` as a `Cobra` (frozen weights), the object the app, the sessions and the API serve."""
+    from cobra_app.pipeline import Cobra
+
+    vlm, tokenizer = make_tiny_vlm(seed)
+    return Cobra(vlm.requires_grad_(False), tokenizer, "tiny")
+
+
 def sample_image(width: int = 45, height: int = 30, seed: int = 0):
     """A deterministic non-square RGB test image with structure (gradients + noise)."""
     import numpy as np

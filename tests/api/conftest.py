@@ -1,18 +1,15 @@
-"""Fixtures for the API's tests: one tiny fp32 Cobra (random weights) and API servers over it, run by uvicorn in a
-thread on a free loopback port, reached through the official `openai` client or raw HTTP."""
+"""Fixtures for the API's tests: a tiny fp32 Cobra (random weights), an image, the launched apps' model, and the
+backends an API serves (the reference, and the store-backed session manager)."""
 
 import pytest
-import torch
 
-from cobra_app.pipeline import Cobra
-from tests.helpers import make_tiny_vlm, sample_image
+from tests.helpers import make_tiny_cobra, one_torch_thread, sample_image  # noqa: F401 - one_torch_thread: a fixture
 from tests.ui.conftest import app_model_dir, tiny_model_dir  # noqa: F401 - the launched apps' model, as the UI's tests
 
 
 @pytest.fixture(scope="session")
 def cobra():
-    vlm, tokenizer = make_tiny_vlm()
-    return Cobra(vlm.requires_grad_(False), tokenizer, "tiny")
+    return make_tiny_cobra()
 
 
 @pytest.fixture
@@ -21,24 +18,21 @@ def image():
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from intra-op threads (and a busy shared CPU makes OpenMP's spinning costly)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(request):
+    """Every API test runs its tiny model on one torch thread."""
+    request.getfixturevalue("one_torch_thread")
 
 
-def _sessions_backend(cobra, max_context_tokens=None):
+def _sessions_backend(model, max_context_tokens=None):
     from cobra_app.sessions import SessionManager
 
-    return SessionManager(cobra, memory_budget_bytes=50 * 10**6, max_context_tokens=max_context_tokens)
+    return SessionManager(model, memory_budget_bytes=50 * 10**6, max_context_tokens=max_context_tokens)
 
 
-def _reference_backend(cobra, max_context_tokens=None):
+def _reference_backend(model, max_context_tokens=None):
     from cobra_app.api.reference import ReferenceBackend
 
-    return ReferenceBackend(cobra, max_context_tokens=max_context_tokens)
+    return ReferenceBackend(model, max_context_tokens=max_context_tokens)
 
 
 def _has_complete() -> bool:

@@ -11,17 +11,16 @@ from cobra_app.api.reference import ReferenceBackend
 from cobra_app.api.serve import api_mount, serving_in_thread
 from cobra_app.bench.api import Recording, Turn, api_conversation, report, run
 from cobra_app.bench.turns import synthetic_image
-from cobra_app.loading import LoadedModel
-from cobra_app.pipeline import Cobra
 from cobra_app.serving.config import AppConfig
 from cobra_app.sessions import SessionManager
-from tests.helpers import make_tiny_vlm
+from tests.helpers import make_tiny_cobra, one_torch_thread  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def cobra():
-    vlm, tokenizer = make_tiny_vlm()
-    return Cobra(LoadedModel(vlm.requires_grad_(False), tokenizer, "tiny"))
+    return make_tiny_cobra()
 
 
 def turns(ttfts, computed=(10, 5, 5), new=(10, 5, 5), contents=("a", "b", "c")) -> list[Turn]:
