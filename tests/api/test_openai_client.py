@@ -125,6 +125,10 @@ def test_a_stop_string_ends_the_reply_before_it(client, cobra, image):
     streamed, _ = stream_text(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=30,
                                                              stop=stop, stream=True))
     assert streamed == expected
+    messages += [assistant(expected), user("Go on.")]  # the conversation continues from the cut reply
+    following = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12)
+    assert following.choices[0].message.content == reference(cobra, image, messages,
+                                                             SamplingParams(max_new_tokens=12))[0]
 
 
 def test_seeded_sampling_reproduces_and_temperature_zero_is_greedy(client, cobra, image):
