@@ -24,12 +24,14 @@ def cobra():
 
 
 def turns(ttfts, computed=(10, 5, 5), new=(10, 5, 5), contents=("a", "b", "c")) -> list[Turn]:
-    return [Turn(c, 0, 0, 1, t, t, k, n) for c, t, k, n in zip(contents, ttfts, computed, new)]
+    """Three turns: prompts of 10, 20 and 30 tokens, of which 0, 15 and 25 cached."""
+    return [Turn(c, p, h, 1, t, t, k, n) for c, t, k, n, p, h in zip(contents, ttfts, computed, new, (10, 20, 30),
+                                                                       (0, 15, 25))]
 
 
 def verdicts(runs, live) -> list[str]:
     out = io.StringIO()
-    report(runs, live, 0.5, out)
+    report(runs, live, out)
     return [line for line in out.getvalue().splitlines() if line.startswith(("PASS", "FAIL", "store hit rate"))]
 
 
@@ -37,7 +39,9 @@ def test_the_checks_pass_and_fail_as_they_should():
     good = [turns([0.5, 0.10, 0.12]), turns([0.4, 0.12, 0.13])]  # medians: turn 2 0.11, turn 3 0.125
     live = [["a", "b", "c"]] * 2
     assert [v[:4] for v in verdicts(good, live)] == ["PASS", "PASS", "PASS", "stor"]
-    assert "turn 3 / turn 2 = 1.136" in verdicts(good, live)[1] and verdicts(good, live)[3] == "store hit rate: 0.500"
+    assert "turn 3 / turn 2 = 1.136" in verdicts(good, live)[1]
+    assert verdicts(good, live)[3] == ("store hit rate: 4/6 requests resumed from a stored state (0.667); 80/120 "
+                                       "prompt tokens taken from the store (0.667)")
     recomputing = [turns([0.5, 0.1, 0.1], computed=(10, 8, 8)), turns([0.5, 0.1, 0.1])]  # 8 > 5 + 2
     assert verdicts(recomputing, live)[0].startswith("FAIL: tokens computed")
     slower = [turns([0.5, 0.1, 0.2])] * 2
