@@ -21,7 +21,7 @@ class CompletionStats(Protocol):
 
     prompt_tokens: int  # image patches + text tokens of the request's prompt
     cached_tokens: int  # of those, taken from the state store instead of being computed
-    new_tokens: int  # generated tokens, EOS not counted (OpenAI's completion_tokens)
+    new_tokens: int  # generated tokens, EOS included when generated (OpenAI's completion_tokens)
     finish_reason: str  # "eos" | "stop_string" | "length" | "context" | "stopped" | "error"
     processed_tokens: int  # every token the model read for this reply
 

@@ -62,10 +62,10 @@ class ReferenceReply:
     """A `ReplyStream` over one `Decoder` run (whose stop_event is `stop_event`). `close()` may come from any thread:
     it waits for the token being computed."""
 
-    def __init__(self, decoder: Decoder, stop_event: threading.Event, *, prompt_tokens: int, eos_id: int,
+    def __init__(self, decoder: Decoder, stop_event: threading.Event, *, prompt_tokens: int,
                  context_cap: int | None):
         self._decoder, self._stop_event = decoder, stop_event
-        self._prompt_tokens, self._eos_id, self._cap = prompt_tokens, eos_id, context_cap
+        self._prompt_tokens, self._cap = prompt_tokens, context_cap
         self._lock = threading.Lock()
         self._run_events = self._run()
         self.text = ""
@@ -102,8 +102,7 @@ class ReferenceReply:
         finish = result.finish_reason if result is not None else "stopped"
         if finish == "length" and self._cap is not None and len(generated) >= self._cap:
             finish = "context"
-        new_tokens = sum(t != self._eos_id for t in generated)
-        self.stats = ReferenceStats(self._prompt_tokens, 0, new_tokens, finish,
+        self.stats = ReferenceStats(self._prompt_tokens, 0, len(generated), finish,
                                     self._prompt_tokens + max(len(generated) - 1, 0))
 
 
@@ -138,5 +137,4 @@ class ReferenceBackend:
                           stop_event=stop_event, history_ids=ids, streamer=TextStreamer(cobra.tokenizer),
                           vocab_size=cobra.vocab_size, logprobs=top_logprobs)
         patches = 0 if embeds is None else int(embeds.shape[1])
-        return ReferenceReply(decoder, stop_event, prompt_tokens=patches + len(ids), eos_id=cobra.turns.eos_id,
-                              context_cap=cap)
+        return ReferenceReply(decoder, stop_event, prompt_tokens=patches + len(ids), context_cap=cap)

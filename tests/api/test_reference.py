@@ -25,7 +25,7 @@ def test_a_first_turn_is_the_pipeline_s_own_reply(cobra, image):
     stats = reply.stats
     patches = cobra.encode_image(image).shape[1]
     assert (stats.prompt_tokens, stats.cached_tokens) == (patches + len(ids), 0)
-    assert stats.new_tokens == sum(t != cobra.turns.eos_id for t in generated)
+    assert stats.new_tokens == len(generated)  # EOS included when generated, as the sessions count
     assert stats.processed_tokens == stats.prompt_tokens + len(generated) - 1  # the last token is never read
     assert stats.finish_reason in ("eos", "length")
 
