@@ -196,6 +196,7 @@ def create_api(backend: ChatBackend, tokenizer, settings: ApiSettings) -> FastAP
 
     @api.post("/chat/completions", dependencies=[Depends(check_key)])
     async def chat_completions(request: Request) -> Response:
+        t0 = time.perf_counter()
         try:
             req = ChatCompletionRequest.model_validate_json(await _read_body(request, settings.max_body_bytes))
         except ValidationError as exc:
@@ -208,7 +209,6 @@ def create_api(backend: ChatBackend, tokenizer, settings: ApiSettings) -> FastAP
             release()
             return Response(status_code=499)
         completion = await start(chat, release)
-        t0 = time.perf_counter()
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _EventStream(_stream(completion, include_usage, t0), on_close=completion.aclose)
