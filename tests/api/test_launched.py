@@ -20,27 +20,29 @@ def example_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode((EXAMPLES / "scene-1.png").read_bytes()).decode()
 
 
-def ask(client: openai.OpenAI, model: str) -> str:
+def ask(client: openai.OpenAI, model: str):
+    """The question about the example scene -> the whole completion."""
     messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": example_data_url()}},
                                              {"type": "text", "text": QUESTION}]}]
-    answer = client.chat.completions.create(model=model, messages=messages, max_tokens=GREEDY["max_new_tokens"])
-    return answer.choices[0].message.content
+    return client.chat.completions.create(model=model, messages=messages, max_tokens=GREEDY["max_new_tokens"])
 
 
-def test_the_page_and_the_api_share_one_port(app_model_dir):
+def test_the_page_and_the_api_share_one_port_and_one_store(app_model_dir):
     with running_app("--model", str(app_model_dir), env={"COBRA_API_KEY": "k3y"}) as url:
-        api = openai.OpenAI(base_url=f"{url}v1", api_key="k3y", max_retries=0)
-        (model,) = [m.id for m in api.models.list()]
-        from_api = ask(api, model)
-        with pytest.raises(openai.AuthenticationError):
-            ask(openai.OpenAI(base_url=f"{url}v1", api_key="nope", max_retries=0), model)
-
         page = Client(url, verbose=False)  # the page needs no key
         chat, _ = page.predict(handle_file(str(EXAMPLES / "scene-1.png")), QUESTION, *GREEDY.values(),
                                api_name="/chat")
         replies = [m for m in chat if m["role"] == "assistant" and not m.get("metadata")]
         from_page = "".join(part["text"] for part in replies[0]["content"])
-        assert from_api == from_page.strip()  # one model, one prompt: the same greedy reply either way
+
+        api = openai.OpenAI(base_url=f"{url}v1", api_key="k3y", max_retries=0)
+        (model,) = [m.id for m in api.models.list()]
+        answer = ask(api, model)
+        assert answer.choices[0].message.content == from_page.strip()  # one model, one prompt: the same reply
+        usage = answer.usage  # the page's turn stored the states this request starts from
+        assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens
+        with pytest.raises(openai.AuthenticationError):
+            ask(openai.OpenAI(base_url=f"{url}v1", api_key="nope", max_retries=0), model)
         assert "chatcmpl-" in url.log.read_text()  # the API's requests are logged next to the page's
 
 
@@ -55,7 +57,7 @@ def test_serve_runs_the_api_without_the_page_and_the_readme_example_works(app_mo
                      ready_path="v1/models") as url:
         api = openai.OpenAI(base_url=f"{url}v1", api_key="unused", max_retries=0)
         (model,) = [m.id for m in api.models.list()]
-        assert ask(api, model)
+        assert ask(api, model).choices[0].message.content
         assert httpx.get(url).status_code == 404  # no page
         example = readme_example()
         assert "http://127.0.0.1:7860/v1" in example
