@@ -39,9 +39,17 @@ class ReplyStream(Protocol):
     def close(self) -> None: ...
 
 
+class BackendUnavailable(Exception):
+    """The backend cannot answer now but may in a moment (e.g. every model replica tried was lost): the API answers
+    503 with `user_message` and Retry-After, not 500."""
+
+    user_message = "The model server is restarting. Please try again in a moment."
+
+
 class ChatBackend(Protocol):
     def complete(self, image: Image.Image | None, messages: Sequence[Message], params: SamplingParams | None = None,
                  *, top_logprobs: int | None = None) -> ReplyStream:
         """Start the reply to `messages` (the whole conversation, about `image`). Raises SessionError subclasses
-        (`.user_message`) for what the client must change: an empty message, a conversation over the context."""
+        (`.user_message`) for what the client must change: an empty message, a conversation over the context;
+        `BackendUnavailable` (here or from the reply's events) when it cannot answer now."""
         ...

@@ -170,7 +170,9 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None  # only in the last chunk, when stream_options.include_usage asked for it
 
 
-class ModelCard(BaseModel):
+class ModelObject(BaseModel):
+    """OpenAI's model object (one entry of GET /v1/models)."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
@@ -179,7 +181,7 @@ class ModelCard(BaseModel):
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[ModelCard]
+    data: list[ModelObject]
 
 
 class ErrorBody(BaseModel):

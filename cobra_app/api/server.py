@@ -22,11 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from cobra_app.api.backend import ChatBackend
+from cobra_app.api.backend import BackendUnavailable, ChatBackend
 from cobra_app.api.conversation import ApiLimits, ChatInput, read_request
 from cobra_app.api.errors import ApiError, bad_request, from_validation_error
 from cobra_app.api.replies import Completion, TokenTexts
-from cobra_app.api.schemas import ChatCompletionRequest, ModelCard, ModelList
+from cobra_app.api.schemas import ChatCompletionRequest, ModelList, ModelObject
 from cobra_app.sessions import ContextFull, SessionError
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,15 @@ class _EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._on_close()
+
+
+def _server_error(exc: Exception, doing: str) -> ApiError:
+    """A failure of the backend -> 503 when it says to retry later (`BackendUnavailable`), else 500 (logged)."""
+    if isinstance(exc, BackendUnavailable):
+        log.warning("%s: backend unavailable: %s", doing, exc)
+        return ApiError(503, exc.user_message, type="server_error", code="unavailable", headers={"Retry-After": "1"})
+    log.error("%s failed", doing, exc_info=exc)
+    return ApiError(500, f"Cobra failed while {doing} (a model error). Please retry.", type="server_error")
 
 
 def _sse(payload: str) -> str:
@@ -160,22 +169,22 @@ def create_api(backend: ChatBackend, tokenizer, settings: ApiSettings) -> FastAP
         if not secrets.compare_digest(key.strip().encode(), settings.api_key.encode()):
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    def model_card() -> ModelCard:
-        return ModelCard(id=settings.model_id, created=settings.created)
+    def model_object() -> ModelObject:
+        return ModelObject(id=settings.model_id, created=settings.created)
 
     @api.get("/models", dependencies=[Depends(check_key)])
     async def list_models() -> ModelList:
-        return ModelList(data=[model_card()])
+        return ModelList(data=[model_object()])
 
     def unknown_model(name: str) -> ApiError:
         return ApiError(404, f"The model `{name}` does not exist. This server serves `{settings.model_id}` (GET "
                              "/v1/models).", param="model", code="model_not_found")
 
     @api.get("/models/{name:path}", dependencies=[Depends(check_key)])
-    async def get_model(name: str) -> ModelCard:
+    async def get_model(name: str) -> ModelObject:
         if name != settings.model_id:
             raise unknown_model(name)
-        return model_card()
+        return model_object()
 
     async def start(chat: ChatInput, release: Callable[[], None]) -> Completion:
         try:
@@ -188,9 +197,7 @@ def create_api(backend: ChatBackend, tokenizer, settings: ApiSettings) -> FastAP
         except BaseException as exc:
             release()
             if isinstance(exc, Exception):
-                log.exception("starting a reply failed")
-                raise ApiError(500, "Cobra failed to start the reply (a model error). Please retry.",
-                               type="server_error") from exc
+                raise _server_error(exc, "starting the reply") from exc
             raise
         return Completion(reply, release, texts, model=settings.model_id, logprobs=chat.top_logprobs is not None)
 
@@ -215,9 +222,7 @@ def create_api(backend: ChatBackend, tokenizer, settings: ApiSettings) -> FastAP
         try:
             result = await _unless_disconnected(request, completion.result)
         except Exception as exc:
-            log.exception("a reply failed")
-            raise ApiError(500, "Cobra failed while answering (a model error). Please retry.",
-                           type="server_error") from exc
+            raise _server_error(exc, "answering") from exc
         finally:
             await completion.aclose()
         if result is None:
@@ -233,10 +238,8 @@ async def _stream(completion: Completion, include_usage: bool, t0: float) -> Asy
     try:
         async for chunk in completion.chunks(include_usage):
             yield _sse(chunk.model_dump_json())
-    except Exception:  # the status line has gone out: the error becomes the stream's last event
-        log.exception("a streamed reply failed")
-        error = ApiError(500, "Cobra failed while answering (a model error). Please retry.", type="server_error")
-        yield _sse(error.body().model_dump_json())
+    except Exception as exc:  # the status line has gone out: the error becomes the stream's last event
+        yield _sse(_server_error(exc, "answering").body().model_dump_json())
         return
     finally:
         await completion.aclose()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from PIL import Image
 from ray.exceptions import RayActorError
 
+from cobra_app.api.backend import BackendUnavailable
 from cobra_app.generation import SamplingParams, TokenEvent
 from cobra_app.scale.messages import ChatRequest, ReplyFailed, ReplyFinished, ReplyStarted, StateSource
 from cobra_app.sessions import image_key
@@ -27,7 +28,7 @@ RETRIES = 1
 RECORDS = 10_000
 
 
-class ReplicaUnavailable(Exception):
+class ReplicaUnavailable(BackendUnavailable):
     """Every replica tried for a request died or could not be reached (the API answers 503: retry later)."""
 
     user_message = "The model server lost a replica and is restarting it. Please try again in a moment."

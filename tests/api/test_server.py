@@ -1,6 +1,7 @@
 """Spec: the server's slots and failures - a client that disconnects (mid-stream, or while waiting for a whole reply)
 has its reply stopped and its slot freed at once, with stored state left consistent; a full queue answers 503; model
-errors answer 500 in OpenAI's shape (as the last event of a stream that already started)."""
+errors answer 500 in OpenAI's shape (as the last event of a stream that already started), a backend that cannot answer
+now (`BackendUnavailable`, e.g. every replica lost) 503 with Retry-After."""
 
 import threading
 import time
@@ -9,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from cobra_app.api.backend import BackendUnavailable
 from cobra_app.api.reference import ReferenceBackend
 from cobra_app.bench.api import Recording
 from cobra_app.generation import SamplingParams
@@ -87,15 +89,16 @@ def test_a_full_queue_answers_503_and_the_queue_drains(slow):
 
 
 class Failing:
-    """A backend whose replies fail after `after` tokens (or whose start fails when `after` is None)."""
+    """A backend whose replies raise `error` after `after` tokens (or whose start does when `after` is None)."""
 
-    def __init__(self, backend, after: int | None):
+    def __init__(self, backend, after: int | None, error: Exception | None = None):
         self.backend, self.after = backend, after
+        self.error = error or RuntimeError("the model is on fire")
         self.replies = []
 
     def complete(self, image, messages, params=None, *, top_logprobs=None):
         if self.after is None:
-            raise RuntimeError("the model is on fire")
+            raise self.error
         reply = self.backend.complete(image, messages, params, top_logprobs=top_logprobs)
         self.replies.append(reply)
         outer = self
@@ -107,7 +110,7 @@ class Failing:
             def events(self):
                 for i, event in enumerate(reply.events()):
                     if i == outer.after:
-                        raise RuntimeError("the model is on fire")
+                        raise outer.error
                     yield event
 
         return Reply()
@@ -130,6 +133,27 @@ def test_model_errors_answer_500_and_free_the_slot(cobra, after, caplog):
             assert all(r.stats.finish_reason == "stopped" for r in backend.replies)
         assert wait_for(lambda: app.state.slots.in_use == 0)
     assert "on fire" in caplog.text
+
+
+class Lost(BackendUnavailable):
+    user_message = "The model server lost a replica. Please try again in a moment."
+
+
+@pytest.mark.parametrize("after", [None, 2])
+def test_an_unavailable_backend_answers_503_with_retry_after_and_frees_the_slot(cobra, after):
+    backend = Failing(ReferenceBackend(cobra), after, Lost("replica 2 died"))
+    with served(cobra, backend) as (url, app):
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        response = httpx.post(f"{url}/chat/completions", json=REQUEST, timeout=60)
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert response.json()["error"] == {"message": Lost.user_message, "type": "server_error", "param": None,
+                                             "code": "unavailable"}
+        if after is not None:
+            with pytest.raises(openai.APIError, match="lost a replica") as info:
+                for _ in client.chat.completions.create(**REQUEST, stream=True):
+                    pass
+            assert info.value.body["code"] == "unavailable" and "died" not in info.value.body["message"]
+        assert wait_for(lambda: app.state.slots.in_use == 0)
 
 
 def test_replies_run_off_the_event_loop(cobra):
