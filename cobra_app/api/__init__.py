@@ -8,8 +8,8 @@ its own (`python -m cobra_app serve`).
     serve         `python -m cobra_app serve` (uvicorn)
 """
 
-from cobra_app.api.backend import ChatBackend, CompletionStats, ReplyStream
+from cobra_app.api.backend import BackendUnavailable, ChatBackend, CompletionStats, ReplyStream
 from cobra_app.api.reference import ReferenceBackend
 from cobra_app.api.server import ApiSettings, create_api
 
-__all__ = ["ApiSettings", "ChatBackend", "CompletionStats", "ReferenceBackend", "ReplyStream", "create_api"]
+__all__ = ["ApiSettings", "BackendUnavailable", "ChatBackend", "CompletionStats", "ReferenceBackend", "ReplyStream", "create_api"]

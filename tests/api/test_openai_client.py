@@ -1,6 +1,7 @@
 """Spec: the API through the official `openai` client against a real server - models, replies about an image
-streamed and not, multi-turn chats resent whole, log-probabilities, stop strings, seeds, the key. Every answer equals
-the reference backend's reply to the same conversation, computed here from scratch."""
+streamed and not, multi-turn chats resent whole (from the store, and from its disk tier after a restart),
+log-probabilities, stop strings, seeds, the key. Every answer equals the reference backend's reply to the same
+conversation, computed here from scratch."""
 
 import httpx
 import openai
@@ -12,6 +13,7 @@ from cobra_app.api.reference import ReferenceBackend
 from cobra_app.api.schemas import ChatMessage
 from cobra_app.bench.api import Recording
 from cobra_app.generation import SamplingParams
+from cobra_app.sessions import SessionManager
 from tests.api.support import assistant, served, user
 
 MODEL = "tiny-cobra"
@@ -76,7 +78,8 @@ def test_a_reply_about_an_image_streamed_and_not(client, cobra, image):
     assert plain == text and all(c.usage is None for c in chunks)
 
 
-def test_a_multi_turn_chat_resent_whole_each_turn(client, cobra, image):
+def test_a_multi_turn_chat_resent_whole_each_turn(server, client, cobra, image):
+    backend = server[1]
     messages = []
     for i, question in enumerate(QUESTIONS):
         messages.append(user(question, image_data_url(image) if i == 0 else None))
@@ -84,7 +87,35 @@ def test_a_multi_turn_chat_resent_whole_each_turn(client, cobra, image):
         text, _, stats = reference(cobra, image, messages, SamplingParams(max_new_tokens=12))
         assert answer.choices[0].message.content == text
         assert answer.usage.prompt_tokens == stats.prompt_tokens
+        cached = answer.usage.prompt_tokens_details.cached_tokens
+        assert cached == backend.replies[-1].stats.cached_tokens  # what the backend took from its store
+        if isinstance(backend.backend, SessionManager) and i > 0:  # the previous turns come from the store
+            assert cached >= stats.prompt_tokens - len(cobra.turns.user_turn_ids(question, first=False)) - len(
+                cobra.turns.assistant_turn_ids(messages[-2]["content"]))
         messages.append(assistant(answer.choices[0].message.content))
+
+
+def test_a_conversation_resent_to_a_restarted_server_resumes_from_disk(cobra, image, tmp_path):
+    """With a state folder, the conversation resent to a new server (a new manager: empty memory, the same folder)
+    starts from the states the old one wrote and gets the reply a full recompute gives."""
+    messages = [user(QUESTIONS[0], image_data_url(image))]
+    before = SessionManager(cobra, state_dir=tmp_path)
+    with served(cobra, before) as (url, _):
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        for question in QUESTIONS[1:]:
+            answer = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12)
+            messages += [assistant(answer.choices[0].message.content), user(question)]
+    before.close()  # (the process ends: its queued writes reach the disk)
+    after = SessionManager(cobra, state_dir=tmp_path)
+    with served(cobra, after) as (url, _):
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        resumed = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12)
+    text, _, stats = reference(cobra, image, messages, SamplingParams(max_new_tokens=12))
+    assert resumed.choices[0].message.content == text
+    new = len(cobra.turns.user_turn_ids(QUESTIONS[-1], first=False)) + len(
+        cobra.turns.assistant_turn_ids(messages[-2]["content"]))
+    assert resumed.usage.prompt_tokens_details.cached_tokens >= stats.prompt_tokens - new > 0
+    assert after.stats()["disk_hits"] >= 1 and after.stats()["image_encodes"] == 0
 
 
 def test_text_only_chats_work_too(client, cobra):
