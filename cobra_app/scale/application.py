@@ -1,16 +1,17 @@
 """The Ray Serve application: the model deployment (N `ModelReplica`s routed by conversation, sharing a state
-directory) behind the OpenAI-compatible ingress.
+directory), laid out by the app's settings (an `AppConfig`: --replicas, --num-cpus, --num-gpus, --min/--max-replicas,
+--target-ongoing-requests, --routing, --concurrency per replica).
 
-    build_app(settings, build_model) -> serve.Application      for `serve.run`, `python -m cobra_app serve --ray`
-    app_builder(args)                                          for `serve run` with a config file (args: ScaleSettings
-                                                               fields)
+    model_options(cfg) -> dict                                 the deployment's `serve.deployment` options
+    model_deployment(cfg, build_model=None) -> serve.Application   the replicas, each loading `cfg.model`
+    settings_from_args(args) -> AppConfig                      a `serve run` config file's `args`, checked as flags
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import fields
+from functools import partial
 
 import ray
 from ray import serve
@@ -18,68 +19,64 @@ from ray.serve.config import AutoscalingConfig, DeploymentActorConfig, RequestRo
 
 from cobra_app.scale.mobility import DIRECTORY_ACTOR, StateDirectory
 from cobra_app.scale.replica import ChatModel, ModelReplica
-from cobra_app.scale.router import DEFAULT_QUEUE_LIMIT, ConversationRouter, RandomRouter
+from cobra_app.scale.router import ConversationRouter, RandomRouter
+from cobra_app.scale.served import build_served_model
+from cobra_app.serving.config import AppConfig, parse_config
 
+APP_NAME = "cobra"
 MODEL_DEPLOYMENT = "ModelReplica"
 ROUTERS = {"affinity": ConversationRouter, "random": RandomRouter}
+EXPORT_SLACK = 2  # requests a busy replica still takes beyond --concurrency: other replicas' state fetches
 
 
-@dataclass(frozen=True)
-class ScaleSettings:
-    """How the model deployment is laid out. Resources are per replica; `min_replicas`/`max_replicas` switch on
-    Serve's autoscaling (towards `target_ongoing_requests` per replica) instead of a fixed `replicas`."""
-
-    replicas: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    max_ongoing_requests: int = 8  # Serve's per-replica cap; the router's affinity gives way before it
-    queue_limit: int = DEFAULT_QUEUE_LIMIT  # a conversation's replica with more queued than this is passed over
-    routing: str = "affinity"  # or "random" (the baseline)
-    min_replicas: int | None = None
-    max_replicas: int | None = None
-    target_ongoing_requests: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.routing not in ROUTERS:
-            raise ValueError(f"routing must be one of {sorted(ROUTERS)}, got {self.routing!r}")
-        if self.replicas < 1 or self.num_cpus < 0 or self.num_gpus < 0 or self.max_ongoing_requests < 1:
-            raise ValueError(f"replicas >= 1, num_cpus/num_gpus >= 0 and max_ongoing_requests >= 1: got {self}")
-        if (self.min_replicas is None) != (self.max_replicas is None):
-            raise ValueError("autoscaling needs both min_replicas and max_replicas")
-
-    @property
-    def torch_threads(self) -> int:
-        """Intra-op threads of a CPU replica: its CPU share, at least one."""
-        return max(1, int(self.num_cpus))
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, object]) -> ScaleSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
-
-    def deployment_options(self) -> dict:
-        """`serve.deployment` options of the model deployment."""
-        scaling = ({"autoscaling_config": AutoscalingConfig(
-            min_replicas=self.min_replicas, max_replicas=self.max_replicas,
-            target_ongoing_requests=self.target_ongoing_requests)}
-            if self.min_replicas is not None else {"num_replicas": self.replicas})
-        return {
-            "name": MODEL_DEPLOYMENT,
-            **scaling,
-            "max_ongoing_requests": self.max_ongoing_requests,
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
-            "request_router_config": RequestRouterConfig(
-                request_router_class=ROUTERS[self.routing],
-                request_router_kwargs={"queue_limit": self.queue_limit} if self.routing == "affinity" else {}),
-            "deployment_actors": [DeploymentActorConfig(
-                name=DIRECTORY_ACTOR, actor_class=ray.remote(StateDirectory), actor_options={"num_cpus": 0})],
-        }
+def most_replicas(cfg: AppConfig) -> int:
+    """The most model replicas the deployment runs (autoscaled: its upper bound)."""
+    return cfg.max_replicas if cfg.max_replicas is not None else cfg.replicas
 
 
-def model_deployment(settings: ScaleSettings, build_model: Callable[[], ChatModel]) -> serve.Application:
-    """The model replicas, bound to the function that builds each replica's model (called once per replica)."""
-    deployment = serve.deployment(ModelReplica).options(**settings.deployment_options())
-    return deployment.bind(build_model, worker_threads=settings.max_ongoing_requests)
+def model_options(cfg: AppConfig) -> dict:
+    """`serve.deployment` options of the model deployment: a fixed number of replicas, or Serve's autoscaling between
+    min and max replicas; resources per replica; the router; the state directory as a deployment-scoped actor."""
+    if cfg.min_replicas is not None:
+        scaling = {"autoscaling_config": AutoscalingConfig(min_replicas=cfg.min_replicas, max_replicas=cfg.max_replicas,
+                                                           target_ongoing_requests=cfg.target_ongoing_requests)}
+    else:
+        scaling = {"num_replicas": cfg.replicas}
+    router_kwargs = {}
+    if cfg.routing == "affinity":
+        limit = cfg.affinity_queue_limit
+        router_kwargs = {"queue_limit": cfg.concurrency if limit is None else limit}
+    return {
+        "name": MODEL_DEPLOYMENT,
+        **scaling,
+        "max_ongoing_requests": cfg.concurrency + EXPORT_SLACK,
+        "ray_actor_options": {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+        "request_router_config": RequestRouterConfig(request_router_class=ROUTERS[cfg.routing],
+                                                     request_router_kwargs=router_kwargs),
+        "deployment_actors": [DeploymentActorConfig(name=DIRECTORY_ACTOR, actor_class=ray.remote(StateDirectory),
+                                                    actor_options={"num_cpus": 0})],
+    }
+
+
+def model_deployment(cfg: AppConfig, build_model: Callable[[], ChatModel] | None = None) -> serve.Application:
+    """The model replicas; each calls `build_model` once (default: load `cfg.model` with `cfg.num_cpus` threads)."""
+    if build_model is None:
+        build_model = partial(build_served_model, cfg, max(1, int(cfg.num_cpus)))
+    deployment = serve.deployment(ModelReplica).options(**model_options(cfg))
+    return deployment.bind(build_model, worker_threads=cfg.concurrency + EXPORT_SLACK)
+
+
+def settings_from_args(args: Mapping[str, object]) -> AppConfig:
+    """A config file's `args` (the app's settings by field name: model, replicas, num_cpus, ...) -> AppConfig, checked
+    as the command line checks them (SystemExit with the flag's message); the COBRA_* variables fill the others."""
+    unknown = sorted(set(args) - {f.name for f in fields(AppConfig)})
+    if unknown:
+        raise ValueError(f"unknown settings {unknown} in the config file's args (python -m cobra_app serve --help)")
+    argv = []
+    for name, value in args.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is not False and value is not None:
+            argv += [flag, str(value)]
+    return parse_config(argv)

@@ -88,7 +88,8 @@ def build_served_model(cfg, threads: int) -> ServedModel:
     from cobra_app.serving.model_choice import choose_model
 
     torch.set_num_threads(threads)
-    choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype)
+    choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
+                          vision=cfg.vision_weights)
     manager = SessionManager(choice.cobra, memory_budget_bytes=cfg.memory_budget, idle_timeout_s=cfg.idle_timeout,
                              history=cfg.history, state_dir=cfg.state_dir, state_dir_bytes=cfg.state_dir_size)
     return ServedModel(manager, choice.banner())

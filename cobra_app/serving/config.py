@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 
 from cobra_app.paths import DEMO_MODEL_DIR
 
+ROUTING_POLICIES = ("affinity", "random")
+
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -40,6 +42,12 @@ def _history(text: str) -> str:
 
     if text not in HISTORY_MODES:
         raise ValueError(f"must be one of {', '.join(HISTORY_MODES)}, got {text!r}")
+    return text
+
+
+def _routing(text: str) -> str:
+    if text not in ROUTING_POLICIES:
+        raise ValueError(f"must be one of {', '.join(ROUTING_POLICIES)}, got {text!r}")
     return text
 
 
@@ -70,6 +78,17 @@ class AppConfig:
     state_dir_size: int = 10 * 10**9  # most bytes of state files kept there
     api_key: str | None = field(default=None, repr=False)  # the OpenAI-compatible API's key (None: open)
     allow_image_urls: bool = False  # API requests may name http(s) images for the server to fetch
+    ray: bool = False  # `serve`: run the model as replicas on Ray Serve (docs/SCALING.md)
+    ray_address: str | None = None  # the Ray cluster to join ("auto": this node's; None: `serve --ray` starts one)
+    replicas: int = 1  # model replicas on Ray Serve (a fixed number; min/max_replicas switch on autoscaling)
+    num_cpus: float = 1.0  # CPUs per replica (its torch threads: at least one)
+    num_gpus: float = 0.0  # GPUs per replica
+    min_replicas: int | None = None  # with max_replicas: Serve's autoscaling between them instead of `replicas`
+    max_replicas: int | None = None
+    target_ongoing_requests: float = 2.0  # autoscaling aims at this many requests in progress per replica
+    routing: str = "affinity"  # affinity (a conversation goes where its state is) or random (the baseline)
+    affinity_queue_limit: int | None = None  # a conversation's replica with more requests is passed over (None:
+    # --concurrency)
 
 
 # field -> (flag, env var, parser, help)
@@ -110,6 +129,22 @@ OPTIONS: dict[str, tuple[str, str, object, str]] = {
     "allow_image_urls": ("--allow-image-urls", "COBRA_ALLOW_IMAGE_URLS", _truthy,
                          ("let API requests give http(s) image URLs for the server to fetch (it then fetches any "
                           "address its callers name)")),
+    "ray": ("--ray", "COBRA_RAY", _truthy, "serve: run the model as replicas on Ray Serve (needs requirements-ray.txt)"),
+    "ray_address": ("--ray-address", "COBRA_RAY_ADDRESS", str,
+                    ("Ray cluster to join ('auto' for this node's, or HOST:PORT); serve --ray starts a local one "
+                     "without it; app.py: the cluster where serve --ray runs the model")),
+    "replicas": ("--replicas", "COBRA_REPLICAS", int, "model replicas (serve --ray)"),
+    "num_cpus": ("--num-cpus", "COBRA_NUM_CPUS", float, "CPUs per model replica, its torch threads (serve --ray)"),
+    "num_gpus": ("--num-gpus", "COBRA_NUM_GPUS", float, "GPUs per model replica (serve --ray)"),
+    "min_replicas": ("--min-replicas", "COBRA_MIN_REPLICAS", int, "autoscaling: fewest model replicas (serve --ray)"),
+    "max_replicas": ("--max-replicas", "COBRA_MAX_REPLICAS", int, "autoscaling: most model replicas (serve --ray)"),
+    "target_ongoing_requests": ("--target-ongoing-requests", "COBRA_TARGET_ONGOING_REQUESTS", float,
+                                "autoscaling: requests in progress per replica to aim at (serve --ray)"),
+    "routing": ("--routing", "COBRA_ROUTING", _routing,
+                "affinity: each conversation to the replica holding its state; random: a baseline (serve --ray)"),
+    "affinity_queue_limit": ("--affinity-queue-limit", "COBRA_AFFINITY_QUEUE_LIMIT", int,
+                             ("a conversation's replica with more requests than this in progress or waiting is "
+                              "passed over for the least loaded one (serve --ray; default --concurrency)")),
 }
 
 
@@ -142,9 +177,18 @@ def parse_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] |
         except ValueError as exc:
             parser.error(f"{flag} / {env}: {exc}")
     cfg = AppConfig(**values)
-    for name in ("port", "concurrency", "queue_size", "max_new_tokens", "max_image_pixels"):
+    for name in ("port", "concurrency", "queue_size", "max_new_tokens", "max_image_pixels", "replicas"):
         if getattr(cfg, name) < 1:
             parser.error(f"{OPTIONS[name][0]} must be at least 1, got {getattr(cfg, name)}")
+    for name in ("num_cpus", "num_gpus"):
+        if getattr(cfg, name) < 0:
+            parser.error(f"{OPTIONS[name][0]} must be at least 0, got {getattr(cfg, name)}")
+    if (cfg.min_replicas is None) != (cfg.max_replicas is None):
+        parser.error("--min-replicas and --max-replicas go together (autoscaling between them)")
+    if cfg.min_replicas is not None and not 0 <= cfg.min_replicas <= cfg.max_replicas >= 1:
+        parser.error(f"need 0 <= --min-replicas <= --max-replicas >= 1, got {cfg.min_replicas} and {cfg.max_replicas}")
+    if cfg.affinity_queue_limit is not None and cfg.affinity_queue_limit < 0:
+        parser.error(f"--affinity-queue-limit must be at least 0, got {cfg.affinity_queue_limit}")
     if cfg.idle_timeout <= 0:
         parser.error(f"--idle-timeout must be positive, got {cfg.idle_timeout}")
     return cfg

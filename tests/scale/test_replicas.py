@@ -11,8 +11,9 @@ import ray
 from ray import serve
 
 from cobra_app.generation import SamplingParams
-from cobra_app.scale.application import MODEL_DEPLOYMENT, ScaleSettings, model_deployment
+from cobra_app.scale.application import MODEL_DEPLOYMENT, model_deployment
 from cobra_app.scale.client import RayChatBackend, ReplicaUnavailable
+from cobra_app.serving.config import AppConfig
 from cobra_app.sessions import EmptyMessage
 from tests.scale.fakes import CRASH, build_echo_model, expected_reply
 
@@ -21,8 +22,8 @@ CONVERSATIONS, TURNS = 8, 4
 
 def deploy(name: str, *, routing="affinity", queue_limit=8, disk_dir=None, word_delay_s=0.0) -> RayChatBackend:
     """2 replicas; with a queue limit of 8, 8 conversations never overflow a replica (the unit tests cover that)."""
-    settings = ScaleSettings(replicas=2, num_cpus=0.5, routing=routing, queue_limit=queue_limit)
-    serve.run(model_deployment(settings, build_echo_model(disk_dir, word_delay_s)), name=name, route_prefix=None)
+    cfg = AppConfig(replicas=2, num_cpus=0.5, routing=routing, affinity_queue_limit=queue_limit, concurrency=8)
+    serve.run(model_deployment(cfg, build_echo_model(disk_dir, word_delay_s)), name=name, route_prefix=None)
     return RayChatBackend(serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=name))
 
 
