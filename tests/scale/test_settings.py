@@ -63,3 +63,20 @@ def test_a_config_files_args_are_the_apps_settings_checked_as_flags():
         settings_from_args({"min_replicas": 1})  # autoscaling needs both bounds
     with pytest.raises(ValueError, match="replica"):
         settings_from_args({"replica": 2})  # a misspelt setting is an error, not ignored
+
+
+def test_the_serve_run_config_file_is_valid_and_lays_out_the_replicas_it_says():
+    pytest.importorskip("ray.serve")
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from cobra_app.scale.application import APP_NAME, model_options, settings_from_args
+    from tests.scale.conftest import REPO
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve_config.yaml").read_text()))
+    [app] = config.applications
+    assert app.name == APP_NAME and app.import_path == "cobra_app.scale.application:app_builder"
+    cfg = settings_from_args(app.args)
+    options = model_options(cfg)
+    assert options["num_replicas"] == app.args["replicas"] == cfg.replicas
+    assert options["ray_actor_options"] == {"num_cpus": app.args["num_cpus"], "num_gpus": app.args["num_gpus"]}
