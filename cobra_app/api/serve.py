@@ -1,5 +1,6 @@
 """`python -m cobra_app serve [--model ...] [--port 8000] [--api-key ...]`: the OpenAI-compatible API without the page,
-on uvicorn. Takes the app's flags and variables (`python app.py --help`); the API is at http://HOST:PORT/v1."""
+on uvicorn; with `--ray [--replicas N ...]`, on Ray Serve in front of N model replicas (`cobra_app.scale.launch`).
+Takes the app's flags and variables (`python app.py --help`); the API is at http://HOST:PORT/v1."""
 
 from __future__ import annotations
 
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.share:
         print("error: --share opens a link to the page; `serve` has no page (use python app.py)", file=sys.stderr)
         return 2
+    if cfg.ray:  # the model as replicas on Ray Serve, this API in front of them (docs/SCALING.md)
+        from cobra_app.scale.launch import serve_on_ray
+
+        return serve_on_ray(cfg)
     limit_malloc_arenas()
     try:
         choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,

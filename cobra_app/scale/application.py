@@ -1,10 +1,11 @@
-"""The Ray Serve application: the model deployment (N `ModelReplica`s routed by conversation, sharing a state
-directory), laid out by the app's settings (an `AppConfig`: --replicas, --num-cpus, --num-gpus, --min/--max-replicas,
---target-ongoing-requests, --routing, --concurrency per replica).
+"""The Ray Serve application: the OpenAI-compatible ingress in front of the model deployment (N `ModelReplica`s
+routed by conversation, sharing a state directory), laid out by the app's settings (an `AppConfig`: --replicas,
+--num-cpus, --num-gpus, --min/--max-replicas, --target-ongoing-requests, --routing, --concurrency per replica).
 
+    build_app(cfg, build_model=None) -> serve.Application      `python -m cobra_app serve --ray`, tests, the bench
+    app_builder(args) -> serve.Application                     `serve run serve_config.yaml` (args: the app's settings)
+    model_deployment(cfg, build_model=None)                    the replicas alone, each loading `cfg.model`
     model_options(cfg) -> dict                                 the deployment's `serve.deployment` options
-    model_deployment(cfg, build_model=None) -> serve.Application   the replicas, each loading `cfg.model`
-    settings_from_args(args) -> AppConfig                      a `serve run` config file's `args`, checked as flags
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import ray
 from ray import serve
 from ray.serve.config import AutoscalingConfig, DeploymentActorConfig, RequestRouterConfig
 
+from cobra_app.scale.ingress import OpenAIIngress
 from cobra_app.scale.mobility import DIRECTORY_ACTOR, StateDirectory
 from cobra_app.scale.replica import ChatModel, ModelReplica
 from cobra_app.scale.router import ConversationRouter, RandomRouter
@@ -25,13 +27,9 @@ from cobra_app.serving.config import AppConfig, parse_config
 
 APP_NAME = "cobra"
 MODEL_DEPLOYMENT = "ModelReplica"
+INGRESS_DEPLOYMENT = "OpenAIIngress"
 ROUTERS = {"affinity": ConversationRouter, "random": RandomRouter}
 EXPORT_SLACK = 2  # requests a busy replica still takes beyond --concurrency: other replicas' state fetches
-
-
-def most_replicas(cfg: AppConfig) -> int:
-    """The most model replicas the deployment runs (autoscaled: its upper bound)."""
-    return cfg.max_replicas if cfg.max_replicas is not None else cfg.replicas
 
 
 def model_options(cfg: AppConfig) -> dict:
@@ -66,6 +64,14 @@ def model_deployment(cfg: AppConfig, build_model: Callable[[], ChatModel] | None
     return deployment.bind(build_model, worker_threads=cfg.concurrency + EXPORT_SLACK)
 
 
+def build_app(cfg: AppConfig, build_model: Callable[[], ChatModel] | None = None) -> serve.Application:
+    """The whole application: the ingress (one replica, no CPU reserved: it parses and forwards) and the model."""
+    ingress = serve.deployment(OpenAIIngress).options(
+        name=INGRESS_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=cfg.queue_size + cfg.concurrency * cfg.most_replicas)
+    return ingress.bind(model_deployment(cfg, build_model), cfg)
+
+
 def settings_from_args(args: Mapping[str, object]) -> AppConfig:
     """A config file's `args` (the app's settings by field name: model, replicas, num_cpus, ...) -> AppConfig, checked
     as the command line checks them (SystemExit with the flag's message); the COBRA_* variables fill the others."""
@@ -79,4 +85,9 @@ def settings_from_args(args: Mapping[str, object]) -> AppConfig:
             argv.append(flag)
         elif value is not False and value is not None:
             argv += [flag, str(value)]
-    return parse_config(argv)
+    return parse_config(argv, prog="serve run")
+
+
+def app_builder(args: Mapping[str, object]) -> serve.Application:
+    """The application of `serve run serve_config.yaml` (Ray Serve's application builder)."""
+    return build_app(settings_from_args(args))

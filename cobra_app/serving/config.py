@@ -90,6 +90,11 @@ class AppConfig:
     affinity_queue_limit: int | None = None  # a conversation's replica with more requests is passed over (None:
     # --concurrency)
 
+    @property
+    def most_replicas(self) -> int:
+        """The most model replicas on Ray Serve (autoscaled: the upper bound)."""
+        return self.max_replicas if self.max_replicas is not None else self.replicas
+
 
 # field -> (flag, env var, parser, help)
 OPTIONS: dict[str, tuple[str, str, object, str]] = {

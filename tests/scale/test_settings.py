@@ -33,7 +33,7 @@ def test_bad_scale_settings_are_refused_with_the_flags_name(argv, capsys):
 
 def test_the_deployment_layout_follows_the_settings():
     pytest.importorskip("ray.serve")
-    from cobra_app.scale.application import EXPORT_SLACK, model_options, most_replicas
+    from cobra_app.scale.application import EXPORT_SLACK, model_options
 
     fixed = model_options(AppConfig(replicas=3, num_cpus=2, num_gpus=1, concurrency=4))
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
@@ -47,7 +47,7 @@ def test_the_deployment_layout_follows_the_settings():
     assert random.request_router_class.endswith(".RandomRouter") and random.request_router_kwargs == {}
     cfg = AppConfig(min_replicas=1, max_replicas=4, target_ongoing_requests=3)
     scaled = model_options(cfg)
-    assert "num_replicas" not in scaled and most_replicas(cfg) == 4
+    assert "num_replicas" not in scaled and cfg.most_replicas == 4
     autoscaling = scaled["autoscaling_config"]
     assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 4, 3)
 
@@ -70,7 +70,7 @@ def test_the_serve_run_config_file_is_valid_and_lays_out_the_replicas_it_says():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from cobra_app.scale.application import APP_NAME, model_options, settings_from_args
+    from cobra_app.scale.application import APP_NAME, app_builder, model_options, settings_from_args
     from tests.scale.conftest import REPO
 
     config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve_config.yaml").read_text()))
@@ -80,3 +80,4 @@ def test_the_serve_run_config_file_is_valid_and_lays_out_the_replicas_it_says():
     options = model_options(cfg)
     assert options["num_replicas"] == app.args["replicas"] == cfg.replicas
     assert options["ray_actor_options"] == {"num_cpus": app.args["num_cpus"], "num_gpus": app.args["num_gpus"]}
+    app_builder(app.args)  # the application it names builds (not deployed here)
