@@ -18,27 +18,43 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; the
 def build(cfg):
     """(gr.Blocks, the API's route at /v1, ModelChoice) for an AppConfig."""
     from cobra_app.api.serve import api_mount
-    from cobra_app.images import ImageLimits
-    from cobra_app.paths import EXAMPLES_DIR
     from cobra_app.serving.model_choice import choose_model
     from cobra_app.serving.sessions import session_manager
-    from cobra_app.ui.chat_view import model_info_markdown
-    from cobra_app.ui.examples import load_examples
-    from cobra_app.ui.handlers import ChatHandlers
-    from cobra_app.ui.layout import GradioNotifier, build_demo
-    from cobra_app.ui.params import ParamLimits
     from cobra_app.ui.spaces import session_gpu_call
 
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
                           vision=cfg.vision_weights)
     manager = session_manager(cfg, choice.cobra, gpu_call=session_gpu_call())  # ZeroGPU: model calls on a GPU worker
+    demo = build_page(cfg, manager, choice.cobra.info(), choice.banner())
+    return demo, api_mount(cfg, choice.cobra, manager), choice  # the API and the page share one state store
+
+
+def build_on_ray(cfg):
+    """(gr.Blocks, the API's route at /v1, ModelCard) in front of the model that `python -m cobra_app serve --ray`
+    runs on the Ray cluster at cfg.ray_address (docs/SCALING.md)."""
+    from cobra_app.scale.page import connect
+
+    sessions, api, card = connect(cfg)
+    return build_page(cfg, sessions, card.info, card.banner), api, card
+
+
+def build_page(cfg, manager, info: dict, banner: str):
+    """The page over `manager`: a SessionManager, or the sessions of a model served on Ray (RemoteSessions)."""
+    from cobra_app.images import ImageLimits
+    from cobra_app.paths import EXAMPLES_DIR
+    from cobra_app.ui.chat_view import model_info_markdown
+    from cobra_app.ui.examples import load_examples
+    from cobra_app.ui.handlers import ChatHandlers
+    from cobra_app.ui.layout import GradioNotifier, build_demo
+    from cobra_app.ui.params import ParamLimits
+
     handlers = ChatHandlers(manager, image_limits=ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels),
                             param_limits=ParamLimits(max_new_tokens=cfg.max_new_tokens), notifier=GradioNotifier())
-    demo = build_demo(handlers, model_info_md=model_info_markdown(choice.cobra.info(), cfg.model),
-                      banner_md=choice.banner(), examples=load_examples(EXAMPLES_DIR), concurrency=cfg.concurrency,
+    demo = build_demo(handlers, model_info_md=model_info_markdown(info, cfg.model), banner_md=banner,
+                      examples=load_examples(EXAMPLES_DIR), concurrency=cfg.concurrency,
                       max_new_tokens=cfg.max_new_tokens)
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
-    return demo, api_mount(cfg, choice.cobra, manager), choice  # the API and the page share one state store
+    return demo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,15 +66,18 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = parse_config(argv)
     limit_malloc_arenas()  # before the server's worker threads exist
-    try:
-        demo, api, choice = build(cfg)
-    except ModelUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    info = choice.cobra.info()
+    if cfg.ray_address:
+        demo, api, card = build_on_ray(cfg)
+        info, where = card.info, f" [Ray Serve at {cfg.ray_address}]"
+    else:
+        try:
+            demo, api, choice = build(cfg)
+        except ModelUnavailableError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        info, where = choice.cobra.info(), " [offline fallback]" if choice.is_fallback else ""
     logging.getLogger("app").info("serving %s on %s (%s, %s ops)%s; OpenAI-compatible API at /v1", info["model_id"],
-                                  info["device"], info["dtype"], info["ops"],
-                                  " [offline fallback]" if choice.is_fallback else "")
+                                  info["device"], info["dtype"], info["ops"], where)
     # The API's routes go first in the server's route list (FastAPI's `routes`), so /v1 is matched before the page's.
     demo.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, theme=THEME, css=CSS,
                 max_file_size=max(2 * cfg.max_image_bytes, 50 * 10**6), footer_links=["api"], show_error=False,
