@@ -31,6 +31,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_answering(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Return once `url` answers 200; raise (with the end of the process's log) if `proc` exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[1:3]} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer in {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def running_app(*args: str, env: dict | None = None, timeout_s: float = 120.0, log_path: Path | None = None,
                 entry: tuple[str, ...] = (str(ROOT / "app.py"),), ready_path: str = "") -> Iterator[AppURL]:
@@ -47,19 +64,7 @@ def running_app(*args: str, env: dict | None = None, timeout_s: float = 120.0, l
                                 env=environ, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}/"
         try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(url + ready_path, timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the app did not start in {timeout_s} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
+            wait_until_answering(url + ready_path, proc, log_path, timeout_s)
             yield AppURL(url, log_path, proc.pid)
         finally:
             proc.terminate()

@@ -2,7 +2,7 @@
 neural network, but the same contract. States are content-addressed by a hash chain over the image and the
 messages; `complete` resumes from the longest stored boundary (memory, then an optional disk directory) and stores
 the prompt's and the reply's boundaries; a reply is a deterministic function of the conversation, streamed word by
-word (optionally slowly, so a test can kill a replica mid-reply)."""
+word (optionally slowly, so a test can kill a replica mid-reply). Also the real served model, slowed."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ import torch
 from cobra_app.generation import TokenEvent
 from cobra_app.scale.messages import ModelCard, StateFound
 from cobra_app.scale.mobility import RequestKeys
+from cobra_app.scale.served import ServedModel, build_served_model
 from cobra_app.sessions import EmptyMessage, image_key
+from tests.api.support import Slow
 
 STATE_ELEMENTS = 73_728  # fp32: 288 KiB, the demo model's state size (the object store carries it, not a pickle)
 
@@ -137,3 +139,20 @@ class EchoModel:
 def build_echo_model(disk_dir: str | None = None, word_delay_s: float = 0.0):
     """A picklable builder (a replica calls it once)."""
     return lambda: EchoModel(disk_dir, word_delay_s)
+
+
+class SlowServedModel(ServedModel):
+    """The real served model with replies slowed to `delay_s` per token (the same tokens), so that a replica is
+    surely mid-reply when a test kills it."""
+
+    def __init__(self, model: ServedModel, delay_s: float):
+        super().__init__(model.manager, model.banner)
+        self._slow = Slow(model.manager, delay_s)
+
+    def complete(self, image, messages, params=None, *, top_logprobs=None):
+        return self._slow.complete(image, messages, params, top_logprobs=top_logprobs)
+
+
+def build_slow_served_model(cfg, delay_s: float) -> SlowServedModel:
+    """For `build_app(cfg, partial(build_slow_served_model, cfg, delay_s))`: called once in each replica."""
+    return SlowServedModel(build_served_model(cfg, max(1, int(cfg.num_cpus))), delay_s)
