@@ -10,6 +10,7 @@ pytest.importorskip("ray.serve")
 import ray
 from ray import serve
 
+from cobra_app.api.backend import BackendUnavailable
 from cobra_app.generation import SamplingParams
 from cobra_app.scale.application import MODEL_DEPLOYMENT, model_deployment
 from cobra_app.scale.client import RayChatBackend, ReplicaUnavailable
@@ -107,8 +108,9 @@ def test_a_replica_killed_mid_reply_costs_one_retry_and_its_conversations_go_on_
                 ray.kill(actor, no_restart=True)
 
     sources, replies = run_conversations(backend, on_reply=kill_on_third_turn)
-    with pytest.raises(ReplicaUnavailable):  # a request that kills every replica it reaches: one retry, then 503
+    with pytest.raises(ReplicaUnavailable) as lost:  # a request that kills every replica it reaches: one retry
         backend.complete(None, [("user", CRASH)])
+    assert isinstance(lost.value, BackendUnavailable)  # the API's 503 with Retry-After (tests/api/test_server.py)
     serve.delete("kill")
 
     assert all(replies[i] == expected(i, TURNS) for i in range(CONVERSATIONS))
