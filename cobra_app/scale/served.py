@@ -86,10 +86,9 @@ class ServedModel:
 def build_served_model(cfg, threads: int) -> ServedModel:
     """Load the model of `cfg` (an AppConfig) in this process, with `threads` intra-op threads."""
     from cobra_app.serving.model_choice import choose_model
+    from cobra_app.serving.sessions import session_manager
 
     torch.set_num_threads(threads)
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
                           vision=cfg.vision_weights)
-    manager = SessionManager(choice.cobra, memory_budget_bytes=cfg.memory_budget, idle_timeout_s=cfg.idle_timeout,
-                             history=cfg.history, state_dir=cfg.state_dir, state_dir_bytes=cfg.state_dir_size)
-    return ServedModel(manager, choice.banner())
+    return ServedModel(session_manager(cfg, choice.cobra), choice.banner())
