@@ -7,7 +7,8 @@ import sys
 from tests.scale.conftest import REPO
 
 WITHOUT_RAY = ("app", "cobra_app.__main__", "cobra_app.pipeline", "cobra_app.sessions", "cobra_app.ui.handlers",
-               "cobra_app.serving.config", "cobra_app.scale", "cobra_app.scale.hashring", "cobra_app.scale.sizing")
+               "cobra_app.api.serve", "cobra_app.serving.config", "cobra_app.scale", "cobra_app.scale.hashring",
+               "cobra_app.scale.sizing")
 
 
 def test_the_app_and_its_parts_import_without_ray():
