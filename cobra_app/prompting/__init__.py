@@ -5,8 +5,10 @@ from cobra_app.prompting.builders import (
     PROMPT_BUILDERS,
     PromptBuilder,
     clean_message,
+    clean_text,
     get_prompt_builder,
 )
 from cobra_app.prompting.tokenization import TurnTokenizer
 
-__all__ = ["EOS", "PROMPT_BUILDERS", "PromptBuilder", "TurnTokenizer", "clean_message", "get_prompt_builder"]
+__all__ = ["EOS", "PROMPT_BUILDERS", "PromptBuilder", "TurnTokenizer", "clean_message", "clean_text",
+           "get_prompt_builder"]

@@ -7,6 +7,7 @@ parts joined by EOS, which is how `TurnTokenizer` keeps user-typed control token
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,9 +15,25 @@ EOS = "<|endoftext|>"
 IMAGE_PLACEHOLDER = "<image>"
 
 
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0, DEL and C1, except tab and newline
+
+
+def clean_text(text: str) -> str:
+    """Typed text -> the text the model reads: valid Unicode without control characters. Surrogate pairs sent as two
+    code points (JSON's "\\ud83d\\ude00") are joined and unpaired surrogates (which no UTF-8 encoder accepts) become
+    U+FFFD; line ends (CR LF, CR) become newlines; the other C0 and C1 control characters and DEL are removed, tab
+    and newline kept. Format characters (zero-width space, BOM, bidi marks) are not controls and stay."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return CONTROL_CHARACTERS.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
 def clean_message(msg: str) -> str:
-    """The release's message cleaning: drop `<image>` (images go before all text), strip whitespace."""
-    return msg.replace(IMAGE_PLACEHOLDER, "").strip()
+    """A message as the prompt holds it: `clean_text`, then the release's cleaning (drop `<image>`: images go before
+    all text; strip whitespace). Every message and reply enters the prompt through here."""
+    return clean_text(msg).replace(IMAGE_PLACEHOLDER, "").strip()
 
 
 def _fill(template: str, msg: str) -> list[str]:

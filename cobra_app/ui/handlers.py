@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from cobra_app.generation import SamplingParams
 from cobra_app.images import DEFAULT_LIMITS, ImageLimits, ImageRejected, open_image
+from cobra_app.prompting import clean_text
 from cobra_app.sessions import SessionError, SessionManager, SessionNotFound
 from cobra_app.ui.chat_view import Message, format_speed, message_text, render_chat, user_turn_index
 from cobra_app.ui.params import (
@@ -61,17 +62,6 @@ def image_path(value) -> str | None:
     if isinstance(value, dict):
         value = value.get("path")
     return str(value) if value else None
-
-
-def clean_text(text) -> str:
-    """Typed text -> valid Unicode: surrogate pairs sent as two code points (JSON's "\\ud83d\\ude00") are joined,
-    unpaired surrogates (which no tokenizer or UTF-8 encoder accepts) become U+FFFD. Everything else is kept as typed."""
-    text = "" if text is None else str(text)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 @dataclass
@@ -281,8 +271,8 @@ class ChatHandlers:
         """Send a message about the image. Yields (sid, chat, textbox) as the reply streams in."""
         sid = self.ensure(sid, browser_id)
         message = "" if message is None else str(message)
-        text = clean_text(message)  # what the model reads; the textbox keeps `message` as typed on failure
-        if not message.strip():
+        text = clean_text(message)  # what the model reads and the chat shows; the textbox keeps `message` on failure
+        if not text.strip():
             self.notify.warning("Please type a message first.")
             yield sid, self._chat(sid), message
             return
@@ -370,7 +360,7 @@ class ChatHandlers:
     def probe(self, image_path: str | None, question: str | None, sid: str | None, browser_id: str | None = None):
         """P(Yes)/P(No) for a question about the current image. Returns (sid, {"Yes": p, "No": q} or None, text)."""
         sid = self.ensure(sid, browser_id)
-        question = clean_text(question)
+        question = clean_text("" if question is None else str(question))
         if not question.strip():
             self.notify.warning("Please type a yes/no question to probe.")
             return sid, None, ""

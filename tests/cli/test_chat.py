@@ -76,6 +76,26 @@ def test_chat_reports_plain_errors_and_ends_at_eof(monkeypatch, capsys, model_di
     assert "! Please type a message." in out
 
 
+def test_control_characters_typed_are_removed_before_the_model_reads_them(monkeypatch, capsys, model_dir, images):
+    from cobra_app.sessions import SessionManager
+
+    opened = []
+
+    class Recording(SessionManager):
+        def open_session(self):
+            opened.append((self, super().open_session()))
+            return opened[-1][1]
+
+    monkeypatch.setattr("cobra_app.sessions.SessionManager", Recording)
+    typed, clean = "Is there a blue\x00 diamond\x1b[0m in the image?\x07", "Is there a blue diamond[0m in the image?"
+    code, out, _ = run_chat(monkeypatch, capsys, ["--model", str(model_dir), "--image", str(images[0]),
+                                                  "--max-new-tokens", "8"], [typed])
+    (manager, sid), = opened
+    read = manager.cobra.turns.user_turn_ids(clean, first=True)
+    assert code == 0 and manager.token_ids(sid)[: len(read)] == read  # the model read the message without them
+    assert replies(out) == [manager.cobra.generate(images[0], clean, max_new_tokens=8)]
+
+
 def test_chat_context_limit_message(monkeypatch, capsys, model_dir):
     code, out, _ = run_chat(monkeypatch, capsys, ["--model", str(model_dir), "--max-new-tokens", "30",
                                                   "--max-context-tokens", "40"],

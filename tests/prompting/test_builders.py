@@ -2,7 +2,7 @@
 
 import pytest
 
-from cobra_app.prompting import EOS, PROMPT_BUILDERS, get_prompt_builder
+from cobra_app.prompting import EOS, PROMPT_BUILDERS, clean_message, clean_text, get_prompt_builder
 
 THREE_TURNS = [
     ("<image>\n  What is in the image?  ", "  A cat on a sofa. "),
@@ -68,6 +68,26 @@ def test_messages_are_cleaned(name):
     assert b.user_text(" <image>\n Hi <image> \n", True) == b.user_text("Hi", True)
     assert b.assistant_text("  \n ") == b.assistant_text("") == " " + EOS
     assert b.assistant_text(" ok <image>") == "ok" + EOS
+
+
+def test_control_characters_are_removed_except_newline_and_tab():
+    controls = "".join(map(chr, [*range(0x00, 0x20), *range(0x7F, 0xA0)]))  # C0, DEL and C1
+    assert clean_text(f"a{controls}b") == "a\t\n\nb"  # tab and newline stay; CR (U+000D) is a line end
+    assert clean_text("one\r\ntwo\rthree") == "one\ntwo\nthree"
+    assert clean_text("Is there a blue\x00 diamond?\x1b[31m") == "Is there a blue diamond?[31m"
+    kept = "zero\u200bwidth \ufeffBOM \u202ebidi\u202c nbsp\xa0 é 中文 😀"  # not controls: text as typed
+    assert clean_text(kept) == kept
+    assert clean_text("\ud800 lonely \udfff, a pair \ud83d\ude00") == "\ufffd lonely \ufffd, a pair \U0001F600"
+    assert clean_message(" \x00<image>\x07 Hi\x00 \x7f") == "Hi"
+    assert clean_message("<ima\x00ge>Hi") == "Hi"  # removed before the release's cleaning
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_turn_is_cleaned_of_control_characters(name):
+    b = get_prompt_builder(name)
+    for first in (True, False):
+        assert b.user_parts("Is there a blue\x00 diamond?", first) == b.user_parts("Is there a blue diamond?", first)
+    assert b.assistant_text("Yes\x00.\x85") == b.assistant_text("Yes.")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -74,6 +74,8 @@ def test_multi_turn_exchange_regenerate_edit_undo_and_probe(app_url, model_reply
     if DEMO_MODEL.is_dir():
         assert probs["Yes"] > 0.5
     assert numbers.startswith("P(Yes) = ")
+    label_nul, numbers_nul = client.predict(image, "Is there a blue\x00 diamond in the image?", api_name="/probe")
+    assert (label_nul, numbers_nul) == (label, numbers)  # control characters are removed before the model reads
 
     assert client.predict(api_name="/clear") == []
     assert "Parameters" in client.predict(api_name="/model_info")
