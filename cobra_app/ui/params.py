@@ -2,7 +2,8 @@
 
 `ParamValues`' field names are the parameter names of the public endpoints (/chat, /regenerate, /edit), and its
 defaults are the page's initial settings. Values arrive unchecked (an API client may send strings, NaN, 10**400, ...):
-`make_params` clamps numbers into range with a note and refuses anything else with a plain-words `BadParams`.
+`make_params` clamps numbers into range with a note and refuses anything else (a `greedy` that is not true or false
+included) with a plain-words `BadParams`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from cobra_app.generation import SamplingParams
+
+FLAG_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 
 
 @dataclass(frozen=True)
@@ -67,8 +70,15 @@ def number(name: str, value, integer: bool = False) -> float:
     return float(round(result)) if integer else result
 
 
-def _truthy(value) -> bool:
-    return bool(value) if not isinstance(value, str) else value.strip().lower() in ("1", "true", "yes", "on")
+def flag(name: str, value) -> bool:
+    """`value` as a bool: True/False, 1/0, or one of FLAG_WORDS (any case); BadParams naming `name` otherwise."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in FLAG_WORDS:
+        return FLAG_WORDS[value.strip().lower()]
+    raise BadParams(f"{name} must be true or false, not {str(value)[:20]!r}.")
 
 
 def make_params(values: ParamValues, limits: ParamLimits = DEFAULT_PARAM_LIMITS) -> tuple[SamplingParams, list[str]]:
@@ -87,7 +97,7 @@ def make_params(values: ParamValues, limits: ParamLimits = DEFAULT_PARAM_LIMITS)
 
     params = SamplingParams(
         max_new_tokens=int(checked("Max new tokens", values.max_new_tokens, (1, limits.max_new_tokens), True)),
-        greedy=_truthy(values.greedy),
+        greedy=flag("Greedy", values.greedy),
         temperature=checked("Temperature", values.temperature, limits.temperature),
         top_p=checked("Top-p", values.top_p, limits.top_p),
         top_k=int(checked("Top-k", values.top_k, limits.top_k, True)),

@@ -371,6 +371,15 @@ def test_non_numbers_and_non_finite_parameters_are_refused_and_the_message_kept(
     no_tracebacks(notes)
 
 
+@pytest.mark.parametrize("bad", ["maybe", None, 2, 0.5, []])
+def test_a_greedy_that_is_not_true_or_false_is_refused_and_the_message_kept(ui, notes, png, bad):
+    """It was once taken silently as "sample" (bool("maybe") is True, any other string False)."""
+    sid = ui.open_tab()
+    _, chat, box = last(ui.send(png, "Keep me", sid, ParamValues(4, greedy=bad)))
+    assert box == "Keep me" and chat == [] and ui.manager.history(sid) == []
+    assert notes.warnings == [f"Greedy must be true or false, not {str(bad)[:20]!r}."]
+
+
 def test_bad_parameters_on_regenerate_and_edit_are_notices_and_the_chat_is_kept(ui, notes, png):
     sid = ui.open_tab()
     last(ui.send(png, "First?", sid, GREEDY))
@@ -379,6 +388,8 @@ def test_bad_parameters_on_regenerate_and_edit_are_notices_and_the_chat_is_kept(
     assert notes.warnings[-1] == "Temperature must be a finite number." and ui.manager.history(sid) == before
     last(ui.edit_turn(0, "Edited?", sid, ParamValues(4, top_p="high", greedy=False)))
     assert notes.warnings[-1] == "Top-p must be a number, not 'high'." and ui.manager.history(sid) == before
+    last(ui.regenerate(sid, ParamValues(4, greedy="maybe")))
+    assert notes.warnings[-1] == "Greedy must be true or false, not 'maybe'." and ui.manager.history(sid) == before
     for turn in (math.nan, 10**400, "x", 5, -1):  # the message number itself, through the API
         last(ui.edit_turn(turn, "Edited?", sid, GREEDY))
         assert ui.manager.history(sid) == before

@@ -22,3 +22,16 @@ def test_make_params_clamps_into_range_and_refuses_non_numbers():
     for bad in (float("nan"), "hot", None, float("inf")):
         with pytest.raises(BadParams, match="Temperature must be"):
             make_params(ParamValues(8, bad))
+
+
+@pytest.mark.parametrize("sent, greedy", [(True, True), (False, False), (1, True), (0, False), ("true", True),
+                                          (" False ", False), ("yes", True), ("off", False), ("1", True)])
+def test_greedy_reads_booleans_and_their_usual_spellings(sent, greedy):
+    assert make_params(ParamValues(greedy=sent))[0].greedy is greedy
+
+
+@pytest.mark.parametrize("sent", ["maybe", "", None, 2, -1, 0.5, float("nan"), [], {}])
+def test_a_greedy_that_is_not_true_or_false_is_refused(sent):
+    with pytest.raises(BadParams) as refused:
+        make_params(ParamValues(greedy=sent))
+    assert refused.value.user_message == f"Greedy must be true or false, not {str(sent)[:20]!r}."
