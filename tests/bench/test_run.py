@@ -1,22 +1,40 @@
-"""The speed benchmark runs end to end on a tiny model and reports every figure the performance targets need."""
+"""The speed benchmark runs end to end on a tiny model and reports every figure the performance targets need; every
+option its help lists works, each exercised here at small values."""
 
 import json
 
 import pytest
 
-from cobra_app.bench.run import main
+from cobra_app.bench.run import build_parser, main
+from cobra_app.demo.model_config import tiny_config
 from cobra_app.loading import save_model_dir
+from cobra_app.loading.registry import MODELS, ReleaseSpec
 from tests.helpers import make_tiny_vlm
 
+SMALL = ["--prefill-tokens", "40", "--decode-steps", "2", "--rounds", "2", "--repeats", "1", "--reply-tokens", "3"]
+# each run's own options, beyond SMALL, --model and --out (used by every run)
+RUNS = {
+    "turns 6": ["--turns", "6", "--batch-sizes", "1", "4", "--device", "cpu"],  # once an IndexError after measuring
+    "one turn, no peer": ["--turns", "1", "--no-peer", "--batch-sizes", "2", "--dtype", "float32"],
+    "no turns": ["--no-turns", "--no-peer", "--batch-sizes", "3", "--dtype", "bfloat16", "--decode-steps", "1",
+                 "--rounds", "1"],
+}
 
-def test_benchmark_reports_figures_ratios_and_plot(tmp_path, capsys):
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
     vlm, tokenizer = make_tiny_vlm()
-    model = save_model_dir(vlm, tokenizer, tmp_path / "tiny")
+    return save_model_dir(vlm, tokenizer, tmp_path_factory.mktemp("bench") / "tiny")
+
+
+def run(model, out, options) -> dict:
+    assert main(["--model", str(model), *SMALL, *options, "--out", str(out)]) == 0
+    return json.loads((out / "bench.json").read_text())
+
+
+def test_benchmark_reports_figures_ratios_and_plot(model, tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["--model", str(model), "--prefill-tokens", "40", "--decode-steps", "2", "--rounds", "2",
-                 "--repeats", "1", "--turns", "8", "--reply-tokens", "3", "--batch-sizes", "1", "4",
-                 "--out", str(out)]) == 0
-    report = json.loads((out / "bench.json").read_text())
+    report = run(model, out, ["--turns", "8", "--batch-sizes", "1", "4"])
     for key in ("matmul_gflops_model_dtype", "copy_gbs", "image_encode_s", "prefill_tok_s", "decode_tok_s",
                 "peer_prefill_tok_s", "peer_decode_tok_s", "state_bytes", "batched_decode_4_tok_s", "peak_rss_gb"):
         assert report["figures"][key] > 0, key
@@ -30,3 +48,43 @@ def test_benchmark_reports_figures_ratios_and_plot(tmp_path, capsys):
     assert len(report["per_turn"]["sessions_ttft_s"]) == 8 and report["per_turn"]["release_ttft_s"][7] > 0
     assert (out / "ttft_per_turn.png").stat().st_size > 1000
     assert "decode vs transformers" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_every_option_works_at_small_values(model, tmp_path, name):
+    options = RUNS[name]
+    report = run(model, tmp_path, options)
+    turns = 0 if "--no-turns" in options else int(options[options.index("--turns") + 1])
+    assert len(report["per_turn"].get("sessions_ttft_s", [])) == turns
+    assert ("TTFT last turn / turn 2" in report["ratios"]) == (turns >= 2)
+    assert "release / sessions TTFT at turn 8" not in report["ratios"]  # fewer than 8 turns
+    assert ("peer_decode_tok_s" in report["figures"]) == ("--no-peer" not in options)
+    batches = options[options.index("--batch-sizes") + 1:]
+    batches = batches[: next((i for i, b in enumerate(batches) if b.startswith("--")), len(batches))]
+    assert sorted(k for k in report["figures"] if k.startswith("batched_decode_")) == sorted(
+        f"batched_decode_{b}_tok_s" for b in batches)
+    if "--dtype" in options:
+        assert report["model"]["dtype"] == options[options.index("--dtype") + 1]
+    assert (tmp_path / "ttft_per_turn.png").exists() == (turns > 0)
+
+
+@pytest.mark.slow
+def test_random_weights_at_a_registered_models_sizes(tmp_path, monkeypatch):
+    """--model random:<id>: the default (random weights at cobra+3b's sizes), here at a tiny registered size."""
+    monkeypatch.setitem(MODELS, "tiny", ReleaseSpec("nowhere/tiny", "tiny", tiny_config(vocab_size=1024)))
+    report = run("random:tiny", tmp_path, ["--no-turns", "--no-peer", "--batch-sizes", "1"])
+    assert report["model"]["dtype"] == "bfloat16" and report["figures"]["decode_tok_s"] > 0
+
+
+def test_the_runs_here_use_every_option_the_help_lists():
+    used = {"--model", "--out", *SMALL, *(o for options in RUNS.values() for o in options), "--turns", "--batch-sizes"}
+    listed = {action.option_strings[-1] for action in build_parser()._actions} - {"--help"}
+    assert listed <= used, listed - used
+
+
+@pytest.mark.parametrize("bad", [["--turns", "0"], ["--batch-sizes", "1", "-2"], ["--rounds", "x"]])
+def test_values_that_cannot_be_measured_are_refused_up_front(bad, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(bad)
+    assert exit_.value.code == 2 and "--" in capsys.readouterr().err
