@@ -25,12 +25,34 @@ TITLE = "Cobra Chat"
 INTRO = ("Chat about an image with **Cobra**, a vision-language model built on **Mamba**. Mamba carries the whole "
          "conversation in a fixed-size state, so a follow-up question costs only its own new tokens: watch the "
          "speed line under each reply.")
+SIDE_MIN_WIDTH, CONVERSATION_MIN_WIDTH = 320, 420  # px
+NARROW_PAGE = 823  # px: below 824 the page (32 px padding a side) is too narrow for both columns and their 20 px gap
 CSS = """
 .banner { border: 1px solid #d97706; background: #fffbeb; color: #78350f; border-radius: 8px; padding: 4px 14px; }
 .banner p { margin: 6px 0; }
 #speed-help { font-size: 0.85em; opacity: 0.8; }
 #probe-numbers { font-variant-numeric: tabular-nums; }
 #model-info thead { display: none; }
+#reply-buttons { flex-wrap: nowrap; }
+#reply-buttons > button { min-width: 0; flex: 1 1 auto; white-space: nowrap; }
+#chat-row { flex-wrap: nowrap; }
+""" + f"""
+/* a narrow page (a phone): one column in the order of use, image, conversation, message box and then the rest; the
+   columns never wrap on their own, which would put the side column's panels above the conversation */
+@media (max-width: {NARROW_PAGE}px) {{
+  #chat-row {{ flex-direction: column; }}
+  #side-column, #conversation-column {{ display: contents; }}
+  #image-input {{ order: 1; }}
+  #chat {{ order: 2; }}
+  #message-row {{ order: 3; }}
+  #reply-buttons {{ order: 4; }}
+  #suggestions {{ order: 5; }}
+  #examples {{ order: 6; }}
+  #probe-panel {{ order: 7; }}
+  #params-panel {{ order: 8; }}
+  #model-panel {{ order: 9; }}
+  #speed-help {{ order: 10; }}
+}}
 """
 THEME = gr.themes.Soft(primary_hue="emerald", secondary_hue="sky")
 CHEAP_EVENTS = {"concurrency_limit": None}  # bookkeeping: never waits behind replies
@@ -298,12 +320,12 @@ def build_demo(handlers: ChatHandlers, *, model_info_md: str, banner_md: str = "
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         gr.Markdown(banner_md, visible=bool(banner_md), elem_classes=["banner"], elem_id="fallback-banner")
         with gr.Tab("Chat", id="chat"), gr.Row(equal_height=False, elem_id="chat-row"):
-            with gr.Column(scale=2, min_width=320, elem_id="side-column"):
+            with gr.Column(scale=2, min_width=SIDE_MIN_WIDTH, elem_id="side-column"):
                 image = image_panel(list(examples))
                 probe = probe_panel()
                 params = params_panel(max_new_tokens)
                 info_md = model_panel(model_info_md)
-            with gr.Column(scale=3, min_width=420, elem_id="conversation-column"):
+            with gr.Column(scale=3, min_width=CONVERSATION_MIN_WIDTH, elem_id="conversation-column"):
                 talk = conversation_panel(suggest)
         with gr.Tab("Probe suite", id="suite"):
             suite = suite_panel(suite_max_cases)

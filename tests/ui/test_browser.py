@@ -297,6 +297,53 @@ def test_two_users_at_once_see_only_their_own_conversation(browser, app_url, sho
     ctx_b.close()
 
 
+PHONE_ORDER = ["image-input", "chat", "message-row", "reply-buttons", "suggestions", "examples", "probe-panel",
+               "params-panel", "model-panel", "speed-help"]  # top to bottom on a narrow page
+
+
+def boxes(page, ids) -> dict:
+    return {i: page.locator(f"#{i}").bounding_box() for i in ids}
+
+
+def test_on_a_phone_the_conversation_comes_right_after_the_image(browser, app_url, shots):
+    """390 px wide (a phone, where many Space visitors are): image, conversation, message box, then the rest. Before,
+    the conversation started about 1,300 px down, below the examples, the probe, parameters and model panels."""
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(app_url)
+    page.wait_for_selector("#chat")
+    at = boxes(page, PHONE_ORDER)
+    tops = [at[i]["y"] for i in PHONE_ORDER]
+    assert tops == sorted(tops) and len(set(tops)) == len(tops), at
+    assert all(box["x"] >= 0 and box["x"] + box["width"] <= 390 for box in at.values())  # nothing off the screen
+    image, chat, message = at["image-input"], at["chat"], at["message-row"]
+    assert chat["y"] - (image["y"] + image["height"]) < 40 and message["y"] - (chat["y"] + chat["height"]) < 40
+    assert at["reply-buttons"]["height"] < 60  # the four reply buttons on one line
+    shots(page, "13-phone-start")
+    pick_example(page, 0)
+    ask(page, "How many objects are in the image?", 1)
+    if DEMO_MODEL.is_dir():
+        assert replies(page)[0].strip() == count_answer(0)
+    page.locator("#chat").scroll_into_view_if_needed()
+    shots(page, "14-phone-reply", full_page=False)
+    context.close()
+
+
+def test_at_no_width_do_the_side_panels_come_between_the_image_and_the_conversation(browser, app_url):
+    """Either the two columns side by side or the phone order, on both sides of the page width where they stop
+    fitting side by side."""
+    context, page = open_page(browser, app_url)
+    for width in (600, 800, 816, 820, 822, 823, 824, 826, 830, 840, 1000):
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(100)
+        at = boxes(page, ["image-input", "chat", "probe-panel"])
+        side_by_side = at["chat"]["y"] == at["image-input"]["y"] and at["chat"]["x"] > at["probe-panel"]["x"]
+        phone_order = at["image-input"]["y"] < at["chat"]["y"] < at["probe-panel"]["y"]
+        assert side_by_side or phone_order, (width, at)
+    context.close()
+
+
 def test_probe_suite_tab_scores_an_uploaded_suite_and_shows_the_report(browser, app_url, shots, tmp_path):
     import json
     import zipfile
