@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_TRACKED_SESSIONS = 100_000
+# Seconds between chat updates while a reply streams (its first text is shown at once). The page re-renders the whole
+# reply at each update; one per token flooded a busy browser, which then sent a Stop click seconds late.
+STREAM_EVERY_S = 0.1
 REFUSALS = (SessionError, BadParams, ImageRejected, SuiteUploadError)  # their `.user_message` is the notice
 
 
@@ -77,8 +81,10 @@ class ChatHandlers:
     successive outputs while a reply streams."""
 
     def __init__(self, manager: SessionManager, *, image_limits: ImageLimits = DEFAULT_LIMITS,
-                 param_limits: ParamLimits = DEFAULT_PARAM_LIMITS, notifier: Notifier | None = None):
+                 param_limits: ParamLimits = DEFAULT_PARAM_LIMITS, notifier: Notifier | None = None,
+                 stream_every_s: float = STREAM_EVERY_S):
         self.manager = manager
+        self.stream_every_s = stream_every_s
         self.image_limits = image_limits
         self.param_limits = param_limits
         self.notify = notifier or Notifier()
@@ -234,19 +240,22 @@ class ChatHandlers:
         return params
 
     def _stream(self, sid: str, start, restore: str) -> Iterator[tuple[str, list[Message], str]]:
-        """Run `start()` -> Reply (None: refused, already told) and stream it. Yields (sid, chat, textbox). On failure
-        the textbox gets `restore`."""
+        """Run `start()` -> Reply (None: refused, already told) and stream it. Yields (sid, chat, textbox): the reply's
+        first text at once, then at most one update per `stream_every_s`, then the finished chat. On failure the textbox
+        gets `restore`."""
         reply = self.attempt(start, failure="Cobra failed to start a reply (a model error). Please try again.")
         if reply is None:
             yield sid, self._chat(sid), restore
             return
         speeds = self._speeds(sid)
-        text = ""
+        text, shown_at = "", None
         try:
             yield sid, self._chat(sid, partial=""), ""
             for delta in reply:
                 text += delta
-                yield sid, self._chat(sid, partial=text), ""
+                if shown_at is None or time.monotonic() - shown_at >= self.stream_every_s:
+                    shown_at = time.monotonic()
+                    yield sid, self._chat(sid, partial=text), ""
         except Exception:
             log.exception("a reply failed")
             self.notify.warning("Cobra failed while answering (a model error). The reply so far is kept; you can "

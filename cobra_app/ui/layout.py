@@ -134,7 +134,7 @@ def params_panel(max_new_tokens: int) -> dict[str, gr.components.Component]:
         greedy = gr.Checkbox(start.greedy, label="Greedy (deterministic; the sampling settings below are ignored)")
         inputs = {
             "max_new_tokens": gr.Slider(1, max_new_tokens, value=min(start.max_new_tokens, max_new_tokens), step=1,
-                                        label="Max new tokens"),
+                                        label="Max new tokens", elem_id="max-new-tokens"),
             "temperature": gr.Slider(0.05, 2.0, value=start.temperature, step=0.05, label="Temperature"),
             "top_p": gr.Slider(0.05, 1.0, value=start.top_p, step=0.01, label="Top-p (1 = off)"),
             "top_k": gr.Slider(0, 200, value=start.top_k, step=1, label="Top-k (0 = off)"),

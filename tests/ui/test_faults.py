@@ -37,8 +37,9 @@ def images(tmp_path):
 
 
 def handlers(cobra, **manager_kwargs) -> ChatHandlers:
+    """Every token an update (`stream_every_s=0`): these tests step into the middle of a reply update by update."""
     return ChatHandlers(SessionManager(cobra, memory_budget_bytes=50 * 10**6, **manager_kwargs),
-                        notifier=RecordingNotifier())
+                        notifier=RecordingNotifier(), stream_every_s=0)
 
 
 def live_states() -> int:
@@ -212,7 +213,7 @@ def test_a_session_evicted_while_it_replies_finishes_exactly(tiny_cobra, images,
     probe.set_image(sid, sample_image(48, 40, seed=0))
     one_image = probe.stats()["bytes_in_use"]  # embeddings + the image-prefix state
     manager = SessionManager(tiny_cobra, memory_budget_bytes=int(one_image * 1.5))
-    ui = ChatHandlers(manager, notifier=RecordingNotifier())
+    ui = ChatHandlers(manager, notifier=RecordingNotifier(), stream_every_s=0)
     a, b = ui.open_tab(), ui.open_tab()
     stream = ui.send(images["A"], "Tell me a long story.", a, ParamValues(max_new_tokens=60))
     next(stream), next(stream)

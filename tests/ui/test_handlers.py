@@ -1,7 +1,9 @@
 """Spec: the UI's actions, without a browser. Each returns what the page shows; failures become plain-words notices
 and leave the user's input where it was."""
 
+import itertools
 import threading
+import time
 
 from PIL import Image
 
@@ -217,6 +219,35 @@ def test_abandoned_stream_is_closed_and_the_session_continues(ui, png):
     assert ui.manager.history(sid)[0][1] is not None
     _, chat, box = last(ui.send(png, "Next?", sid, GREEDY))
     assert box == "" and [m["content"] for m in chat if m["role"] == "user"] == ["Long answer please.", "Next?"]
+
+
+def test_a_streaming_reply_updates_the_chat_at_most_once_per_interval_its_first_text_at_once(manager, png, notes,
+                                                                                               monkeypatch):
+    """One update per token flooded a busy browser (it re-renders the whole reply each time), which then sent a Stop
+    click seconds late (python -m cobra_app.bench.stop_latency)."""
+    from cobra_app.ui.handlers import ChatHandlers
+
+    llm = manager.cobra.vlm.llm
+    real_step = type(llm).step
+
+    def slow_step(self, *args, **kwargs):  # 10 ms per token
+        time.sleep(0.01)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(llm), "step", slow_step)
+    ui = ChatHandlers(manager, notifier=notes, stream_every_s=0.1)
+    sid = ui.open_tab()
+    ui.set_image(png, sid)
+    started = time.monotonic()
+    updates, chat = [], []
+    for _, chat, _ in ui.send(png, "Tell me everything.", sid, ParamValues(max_new_tokens=60)):
+        updates.append((time.monotonic() - started, chat[1]["content"]))
+    assert updates[0][1] == ""  # the message at once, with an empty reply
+    assert updates[1][1] and updates[1][0] < 0.1 + 0.2  # the first text as soon as it is there
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(updates[1:-1])]
+    assert gaps and min(gaps) >= 0.1  # then at most one update per interval
+    assert len(updates) <= 3 + (updates[-1][0] / 0.1)  # (not one per token: 60 tokens in ~0.6 s)
+    assert assistant_texts(chat) == [ui.manager.history(sid)[0][1]] and len(speed_lines(chat)) == 1  # all of it
 
 
 def test_a_long_reply_does_not_hold_up_another_users_short_one(ui, png, monkeypatch):
