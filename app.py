@@ -20,7 +20,7 @@ def build(cfg):
     from cobra_app.api.serve import api_mount
     from cobra_app.serving.model_choice import choose_model
     from cobra_app.serving.sessions import session_manager
-    from cobra_app.ui.spaces import session_gpu_call
+    from cobra_app.serving.spaces import session_gpu_call
 
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
                           vision=cfg.vision_weights)
@@ -61,11 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from cobra_app.loading import ModelUnavailableError
     from cobra_app.serving.config import parse_config
-    from cobra_app.serving.malloc import limit_malloc_arenas
+    from cobra_app.serving.malloc import keep_releasing_free_memory, limit_malloc_arenas
     from cobra_app.ui.layout import CSS, THEME
 
     cfg = parse_config(argv)
     limit_malloc_arenas()  # before the server's worker threads exist
+    keep_releasing_free_memory()
     if cfg.ray_address:
         demo, api, card = build_on_ray(cfg)
         info, where = card.info, f" [Ray Serve at {cfg.ray_address}]"

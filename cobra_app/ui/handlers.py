@@ -149,7 +149,9 @@ class ChatHandlers:
             sid = self._by_browser.pop(browser_id, None) if browser_id else None
         if sid:
             self.close(sid)
-            log.info("browser tab gone: its session is closed (%d open)", self.manager.stats()["sessions"])
+            stats = self.manager.stats()
+            log.info("browser tab gone: its session is closed (%d open; state store %d of %d bytes)",
+                     stats["sessions"], stats["bytes_in_use"], stats["budget_bytes"])
 
     def ensure(self, sid: str | None, browser_id: str | None = None) -> str:
         """The tab's live session id: opens one when there is none yet or it has ended (then says so)."""

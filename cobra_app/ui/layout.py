@@ -16,10 +16,10 @@ from pathlib import Path
 
 import gradio as gr
 
+from cobra_app.serving.spaces import gpu
 from cobra_app.ui.examples import Example, Suggestions
 from cobra_app.ui.handlers import ChatHandlers, Notifier, image_path
 from cobra_app.ui.params import DEFAULT_PARAMS, ParamValues
-from cobra_app.ui.spaces import gpu
 
 TITLE = "Cobra Chat"
 INTRO = ("Chat about an image with **Cobra**, a vision-language model built on **Mamba**. Mamba carries the whole "
@@ -186,6 +186,17 @@ def suite_panel(max_cases: int) -> SuitePanel:
 
 
 # --- events -----------------------------------------------------------------------------------------------------------
+def forget_closed_tab(demo: gr.Blocks, browser_id: str | None) -> None:
+    """Drop Gradio's record of a tab that is gone. Gradio keeps a copy of the page's component settings per session,
+    about 90 kB here, for its last `state_session_capacity` (10,000) sessions, closed ones included, so that a tab
+    can reconnect within the hour; ours has nothing to come back to (its conversation is closed on unload), and those
+    copies kept up to 0.9 GB that no closed session gives back."""
+    holder = demo.state_holder
+    with holder.lock:
+        holder.session_data.pop(browser_id, None)
+        holder.time_last_used.pop(browser_id, None)
+
+
 def wire_session(demo: gr.Blocks, handlers: ChatHandlers, sid: gr.State) -> None:
     """A session per tab, opened on page load and closed on unload."""
 
@@ -194,6 +205,7 @@ def wire_session(demo: gr.Blocks, handlers: ChatHandlers, sid: gr.State) -> None
 
     def on_unload(request: gr.Request):
         handlers.close_browser(_browser_id(request))
+        forget_closed_tab(demo, _browser_id(request))
 
     demo.load(on_load, outputs=[sid], api_visibility="private", **CHEAP_EVENTS)
     demo.unload(on_unload)
