@@ -35,6 +35,7 @@ from cobra_app.bench.app_process import running_app
 from cobra_app.demo.conversations import ask
 from cobra_app.demo.evaluate import normalise
 from cobra_app.demo.scenes import Scene, render, sample_scene
+from cobra_app.paths import DEMO_MODEL_DIR
 from cobra_app.serving.config import parse_bytes
 from cobra_app.ui.chat_view import message_text
 
@@ -129,14 +130,14 @@ def is_correct(reply: str, answer: str) -> bool:
     return normalise(reply) == normalise(answer)
 
 
-def connect(url: str, attempts: int = 3, wait_s: float = 2.0):
+def connect(url: str, attempts: int = 3, wait_s: float = 2.0, timeout_s: float = 30.0):
     """A `gradio_client.Client` for the app (one tab, one session): its first requests fetch the app's config and API,
-    retried up to `attempts` times (a busy app may answer them late)."""
+    each given `timeout_s` (httpx's default is 5 s) and retried up to `attempts` times (a busy app may answer late)."""
     from gradio_client import Client
 
     for attempt in range(1, attempts + 1):
         try:
-            return Client(url, verbose=False)
+            return Client(url, verbose=False, httpx_kwargs={"timeout": timeout_s})
         except Exception:  # noqa: BLE001 - retried, then raised
             if attempt == attempts:
                 raise
@@ -261,10 +262,10 @@ def replay_alone(model: str, report: LoadReport, workdir: Path, max_new_tokens: 
     load (another user's image or state, a batching error), not by the model. Conversations with a failed request
     are not replayed."""
     from cobra_app.generation import SamplingParams
-    from cobra_app.sessions import SessionManager
-    from cobra_app.serving.config import parse_config
     from cobra_app.images import open_image
+    from cobra_app.serving.config import parse_config
     from cobra_app.serving.model_choice import choose_model
+    from cobra_app.sessions import SessionManager
 
     cfg = parse_config(["--model", model])
     manager = SessionManager(choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype).cobra)
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m cobra_app.bench.load", description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--minutes", type=float, default=5.0)
-    p.add_argument("--model", default="assets/demo-model", help="model the launched app serves")
+    p.add_argument("--model", default=str(DEMO_MODEL_DIR), help="model the launched app serves")
     p.add_argument("--memory-budget", default="200MB", help="the app's session memory budget")
     p.add_argument("--concurrency", type=int, default=4, help="the app's --concurrency")
     p.add_argument("--turns-per-chat", type=int, default=8, help="turns before a user starts a new conversation")

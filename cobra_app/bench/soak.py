@@ -37,6 +37,7 @@ from cobra_app.bench.app_process import running_app
 from cobra_app.bench.load import QUESTION_KINDS, connect, reply_to, rss_bytes
 from cobra_app.demo.conversations import ask
 from cobra_app.demo.scenes import render, sample_scene
+from cobra_app.paths import DEMO_MODEL_DIR
 from cobra_app.ui.params import ParamValues
 
 # the app's log line on unload
@@ -54,6 +55,8 @@ class Cycle:
     open_sessions: int  # the app's count after the cycle's last close
     store_bytes: int  # the state store's accounted bytes then (states and image embeddings)
     store_budget_bytes: int
+    unopened: int = 0  # sessions whose client could not connect (their requests count as failed)
+    closed_total: int = 0  # the sessions the app has closed so far, by its log
 
     @property
     def outside_store_bytes(self) -> int:
@@ -69,11 +72,15 @@ def questions(scene, rng: np.random.Generator, n: int) -> list[str]:
     return asked
 
 
-def one_session(url: str, image: Path, asked: list[str], params: dict) -> tuple[int, int]:
-    """Open a session (a client), ask about `image`, close it. Returns (requests, failed)."""
+def one_session(url: str, image: Path, asked: list[str], params: dict) -> tuple[int, int, bool]:
+    """Open a session (a client), ask about `image`, close it. Returns (requests, failed, whether the client could
+    connect at all: if not, every request counts as failed)."""
     from gradio_client import handle_file
 
-    client = connect(url)
+    try:
+        client = connect(url)
+    except Exception:  # noqa: BLE001 - counted and reported
+        return len(asked), len(asked), False
     failed = 0
     try:
         for question in asked:
@@ -84,7 +91,7 @@ def one_session(url: str, image: Path, asked: list[str], params: dict) -> tuple[
                 failed += 1
     finally:
         client.close()
-    return len(asked), failed
+    return len(asked), failed, True
 
 
 def closed_so_far(log: Path) -> tuple[int, tuple[int, int, int]]:
@@ -105,7 +112,7 @@ def run_cycle(url: str, log: Path, workdir: Path, args: argparse.Namespace, rng:
         render(scene, size).save(path)
         jobs.put((path, questions(scene, rng, args.turns)))
     params = dataclasses.asdict(ParamValues(max_new_tokens=args.max_new_tokens))
-    totals = {"requests": 0, "failed": 0}
+    totals = {"requests": 0, "failed": 0, "unopened": 0}
     lock = threading.Lock()
 
     def worker() -> None:
@@ -114,10 +121,11 @@ def run_cycle(url: str, log: Path, workdir: Path, args: argparse.Namespace, rng:
                 path, asked = jobs.get_nowait()
             except queue.Empty:
                 return
-            requests, failed = one_session(url, path, asked, params)
+            requests, failed, opened = one_session(url, path, asked, params)
             with lock:
                 totals["requests"] += requests
                 totals["failed"] += failed
+                totals["unopened"] += not opened
 
     start = time.monotonic()
     threads = [threading.Thread(target=worker) for _ in range(args.workers)]
@@ -128,11 +136,12 @@ def run_cycle(url: str, log: Path, workdir: Path, args: argparse.Namespace, rng:
     seconds = time.monotonic() - start
     deadline = time.monotonic() + args.close_timeout_s
     closed, after = closed_so_far(log)
-    while closed < closed_before + args.sessions and time.monotonic() < deadline:
+    while closed < closed_before + args.sessions - totals["unopened"] and time.monotonic() < deadline:
         time.sleep(1)
         closed, after = closed_so_far(log)
     time.sleep(args.settle_s)
-    return Cycle(args.sessions, totals["requests"], totals["failed"], seconds, rss_bytes(url.pid), *after)
+    return Cycle(args.sessions, totals["requests"], totals["failed"], seconds, rss_bytes(url.pid), *after,
+                 unopened=totals["unopened"], closed_total=closed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turns", type=int, default=3, help="questions per session")
     p.add_argument("--cycles", type=int, default=5)
     p.add_argument("--workers", type=int, default=4, help="sessions at a time")
-    p.add_argument("--model", default="assets/demo-model", help="model the launched app serves")
+    p.add_argument("--model", default=str(DEMO_MODEL_DIR), help="model the launched app serves")
     p.add_argument("--memory-budget", default="64MB", help="the app's --memory-budget (its image and state cache)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--large-every", type=int, default=10, help="every Nth session uploads a large image (0: none)")
@@ -164,16 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         warm_up = argparse.Namespace(**{**vars(args), "sessions": args.workers})
         warm = run_cycle(url, args.log, Path(tmp), warm_up, rng, 0)
         print(f"warm-up: {warm.sessions} sessions; app RSS {warm.rss_bytes / MB:.1f} MB", flush=True)
-        closed = warm.sessions
         for k in range(1, args.cycles + 1):
-            cycles.append(run_cycle(url, args.log, Path(tmp), args, rng, closed))
-            closed += cycles[-1].sessions
+            cycles.append(run_cycle(url, args.log, Path(tmp), args, rng, (cycles[-1] if cycles else warm).closed_total))
             print(describe(k, cycles[-1], cycles[0]), flush=True)
     return 0 if verdict(cycles, args.tolerance_mb) else 1
 
 
 def describe(k: int, cycle: Cycle, first: Cycle) -> str:
-    return (f"cycle {k}: {cycle.sessions} sessions, {cycle.requests} requests, {cycle.failed} failed, "
+    return (f"cycle {k}: {cycle.sessions} sessions ({cycle.unopened} could not connect), {cycle.requests} requests, "
+            f"{cycle.failed} failed, "
             f"{cycle.seconds:.0f} s; {cycle.open_sessions} sessions open afterwards; app RSS "
             f"{cycle.rss_bytes / MB:.1f} MB ({(cycle.rss_bytes - first.rss_bytes) / MB:+.1f} MB vs cycle 1), "
             f"state store {cycle.store_bytes / MB:.1f} of {cycle.store_budget_bytes / MB:.1f} MB, RSS outside it "
@@ -190,11 +198,16 @@ def verdict(cycles: list[Cycle], tolerance_mb: float) -> bool:
     failed = sum(c.failed for c in cycles)
     left_open = max(c.open_sessions for c in cycles)
     ok = outside <= tolerance_mb and failed == 0 and left_open == 0
+    sessions_so_far = np.cumsum([c.sessions for c in cycles])
+    per_session = np.polyfit(sessions_so_far, [c.outside_store_bytes for c in cycles], 1)[0] / 10**3 \
+        if len(cycles) > 1 else 0.0  # least-squares slope over the cycles
     print(f"\nRSS outside the state store after each cycle within {outside:.1f} MB of the first (target "
-          f"{tolerance_mb:g} MB); RSS itself within {rss:.1f} MB; the store at most "
+          f"{tolerance_mb:g} MB), trend {per_session:+.1f} kB per session; "
+          f"RSS itself within {rss:.1f} MB; the store at most "
           f"{max(c.store_bytes for c in cycles) / MB:.1f} MB (budget {cycles[0].store_budget_bytes / MB:.1f} MB); "
           f"{failed} failed requests; {left_open} sessions left open: {'met' if ok else 'MISSED'}")
     return ok
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -93,14 +93,15 @@ def test_connecting_is_retried_then_the_failure_is_raised(monkeypatch):
 
     attempts = []
 
-    def busy_then_ready(url, verbose=True):
-        attempts.append(url)
+    def busy_then_ready(url, verbose=True, httpx_kwargs=None):
+        attempts.append(httpx_kwargs)
         if len(attempts) < 3:
             raise TimeoutError("read timed out")
         return "client"
 
     monkeypatch.setattr(gradio_client, "Client", busy_then_ready)
     assert load.connect("http://127.0.0.1:1/", attempts=3, wait_s=0.0) == "client" and len(attempts) == 3
+    assert attempts == [{"timeout": 30.0}] * 3  # a busy app's config may take longer than httpx's default 5 s
     attempts.clear()
     with pytest.raises(TimeoutError):
         load.connect("http://127.0.0.1:1/", attempts=2, wait_s=0.0)

@@ -16,7 +16,8 @@ def test_a_small_soak_closes_every_session_and_reports_each_cycle(tmp_path, monk
     main(["--sessions", "3", "--cycles", "2", "--workers", "2", "--turns", "2", "--large-every", "2",
           "--large-size", "800", "--settle-s", "0", "--log", str(tmp_path / "app.log")])
     out = capsys.readouterr().out
-    assert "cycle 1: 3 sessions, 6 requests, 0 failed" in out and "cycle 2: 3 sessions, 6 requests, 0 failed" in out
+    for k in (1, 2):
+        assert f"cycle {k}: 3 sessions (0 could not connect), 6 requests, 0 failed" in out
     assert out.count("0 sessions open afterwards") == 2 and "0 failed requests; 0 sessions left open" in out
     stores = re.findall(r"state store ([\d.]+) of 64.0 MB", out)  # closed sessions' states stay, within the budget
     assert len(stores) == 2 and all(0 < float(mb) <= 64 for mb in stores)

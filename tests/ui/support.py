@@ -6,12 +6,13 @@ import os
 from pathlib import Path
 
 from cobra_app.bench.app_process import ROOT, running_app
+from cobra_app.paths import DEMO_MODEL_DIR, EXAMPLES_DIR
 from cobra_app.ui.handlers import Notifier
 
 __all__ = ["DEMO_MODEL", "EXAMPLES", "ROOT", "SCREENSHOTS", "RecordingNotifier", "last", "running_app"]
 # the offline demo model; COBRA_TEST_DEMO_MODEL points the app tests at another build of it (e.g. a candidate run)
-DEMO_MODEL = Path(os.environ.get("COBRA_TEST_DEMO_MODEL") or ROOT / "assets" / "demo-model")
-EXAMPLES = ROOT / "assets" / "examples"
+DEMO_MODEL = Path(os.environ.get("COBRA_TEST_DEMO_MODEL") or DEMO_MODEL_DIR)
+EXAMPLES = EXAMPLES_DIR
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 
 
