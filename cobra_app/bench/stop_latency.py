@@ -78,10 +78,10 @@ def talking_demo_model(out_dir: Path, depth: int) -> Path:
     zeroed (a greedy reply never ends before max new tokens). What it says does not matter here."""
     import torch
 
-    from cobra_app.loading import load_model_dir, save_model_dir
+    from cobra_app.loading import read_model, save_model_dir
     from cobra_app.model.cobra import CobraVLM
 
-    vlm, tokenizer = load_model_dir(DEMO_MODEL_DIR)
+    vlm, tokenizer = read_model(DEMO_MODEL_DIR, device="cpu", dtype="float32")
     layers = vlm.config.llm.n_layer
     config = dataclasses.replace(vlm.config, llm=dataclasses.replace(vlm.config.llm, n_layer=layers * depth))
     deep, weights = CobraVLM(config), vlm.state_dict()

@@ -5,13 +5,15 @@ import json
 
 import pytest
 
+from cobra_app.bench.release_run import release_checkpoint, write_run_dir
 from cobra_app.bench.run import build_parser, main
 from cobra_app.demo.model_config import tiny_config
 from cobra_app.loading import save_model_dir
 from cobra_app.loading.registry import MODELS, ReleaseSpec
-from tests.helpers import make_tiny_vlm
+from tests.helpers import TINY_LLM_BACKBONE, make_tiny_vlm, offline_hub_cache, register_tiny_llm
 
 SMALL = ["--prefill-tokens", "40", "--decode-steps", "2", "--rounds", "2", "--repeats", "1", "--reply-tokens", "3"]
+FILE_OPTIONS = ("--llm", "--vision-weights")  # a release-layout run's own files (test_a_release_layout_run...)
 # each run's own options, beyond SMALL, --model and --out (used by every run)
 RUNS = {
     "turns 6": ["--turns", "6", "--batch-sizes", "1", "4", "--device", "cpu"],  # once an IndexError after measuring
@@ -77,10 +79,28 @@ def test_random_weights_at_a_registered_models_sizes(tmp_path, monkeypatch):
     assert report["model"]["dtype"] == "bfloat16" and report["figures"]["decode_tok_s"] > 0
 
 
+@pytest.mark.slow
+def test_a_release_layout_run_with_its_own_llm_and_vision_files(tmp_path, monkeypatch, caplog):
+    """--llm DIR and --vision-weights DIR reach the loading of a release-layout run (here one holding its own vision
+    weights, so the vision files are named in a warning and not used)."""
+    vlm, tokenizer = make_tiny_vlm()
+    offline_hub_cache(monkeypatch, tmp_path / "empty-cache")
+    register_tiny_llm(monkeypatch)
+    run_dir = write_run_dir(tmp_path / "run", vlm, TINY_LLM_BACKBONE, release_checkpoint(vlm, with_vision=True))
+    llm = tmp_path / "llm"
+    tokenizer.save_pretrained(llm)
+    (llm / "config.json").write_text(json.dumps(vlm.config.llm.to_mamba_ssm()))
+    llm_flag, vision_flag = FILE_OPTIONS
+    options = [llm_flag, str(llm), vision_flag, str(tmp_path / "towers"), "--no-turns", "--no-peer", "--batch-sizes", "1"]
+    assert run(run_dir, tmp_path / "out", options)["figures"]["decode_tok_s"] > 0
+    assert f"the vision weights in {tmp_path / 'towers'} are not used" in caplog.text
+
+
 def test_the_runs_here_use_every_option_the_help_lists():
-    used = {"--model", "--out", *SMALL, *(o for options in RUNS.values() for o in options), "--turns", "--batch-sizes"}
-    listed = {action.option_strings[-1] for action in build_parser()._actions} - {"--help"}
-    assert listed <= used, listed - used
+    used = {"--model", "--out", *SMALL, *FILE_OPTIONS, *(o for options in RUNS.values() for o in options)}
+    unused = [a.option_strings for a in build_parser()._actions if a.option_strings and "--help" not in a.option_strings
+              and not used & set(a.option_strings)]
+    assert unused == []
 
 
 @pytest.mark.parametrize("bad", [["--turns", "0"], ["--batch-sizes", "1", "-2"], ["--rounds", "x"]])

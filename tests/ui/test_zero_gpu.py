@@ -51,12 +51,13 @@ def test_a_chat_whose_model_calls_each_run_in_a_forked_process_replies_as_in_pro
     for seed in (1, 2):
         images.append(str(tmp_path / f"{seed}.png"))
         sample_image(48, 40, seed=seed).save(images[-1])
-    in_process = ChatHandlers(SessionManager(tiny_cobra), notifier=RecordingNotifier())
+    # every token an update (stream_every_s=0): the script stops a reply after its third update
+    in_process = ChatHandlers(SessionManager(tiny_cobra), notifier=RecordingNotifier(), stream_every_s=0)
     expected, _ = script(in_process, *images)
     forked = ForkedGpu()
     manager = SessionManager(tiny_cobra, gpu_call=forked)
     notes = RecordingNotifier()
-    got, sid = script(ChatHandlers(manager, notifier=notes), *images)
+    got, sid = script(ChatHandlers(manager, notifier=notes, stream_every_s=0), *images)
     assert got == expected and notes.warnings == []
     assert len(forked.pids) >= 12 and os.getpid() not in forked.pids  # every model call ran in a child
     # the states the children returned are the caller's now: the conversation goes on from them, exactly
