@@ -113,16 +113,23 @@ def busy_cores(threads: int) -> Iterator[subprocess.Popen | None]:
         proc.wait()
 
 
+SET_ATTEMPTS = 10
+
+
 def prepare(page, max_new_tokens: int) -> None:
     """Pick the first example and set max new tokens (the Parameters panel)."""
     page.locator("#examples button").first.click()
     page.wait_for_function("() => document.querySelectorAll('#image-input img').length > 0")
     page.locator("#params-panel").click()
     box = page.locator("#max-new-tokens input[type=number]")
-    box.fill(str(max_new_tokens))
-    box.press("Enter")
-    page.wait_for_function(f"() => document.querySelector('#max-new-tokens input[type=number]').value == "
-                           f"'{max_new_tokens}'")
+    set_to = f"() => document.querySelector('#max-new-tokens input[type=number]').value == '{max_new_tokens}'"
+    for _ in range(SET_ATTEMPTS):  # a busy page may still re-render the panel and reset what was typed
+        box.fill(str(max_new_tokens))
+        box.press("Enter")
+        page.wait_for_timeout(1000)
+        if page.evaluate(set_to):
+            return
+    raise RuntimeError(f"max new tokens did not stay at {max_new_tokens} after {SET_ATTEMPTS} attempts")
 
 
 def one_trial(page, click_after_s: float, timeout_ms: int) -> Trial:

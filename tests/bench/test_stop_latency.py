@@ -24,6 +24,6 @@ def test_the_talking_model_is_the_demo_model_deeper_and_never_ends_a_reply_early
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian's chromium is not installed")
 def test_one_trial_runs_end_to_end(capsys):
-    main(["--trials", "1", "--no-load", "--depth", "2"])
+    main(["--trials", "1", "--no-load", "--click-after", "0.5"])  # the default depth: a reply lasts seconds
     out = capsys.readouterr().out
     assert "trial  1: reply ended" in out and "1 trials: median" in out and "0 not stopped" in out
