@@ -149,9 +149,10 @@ class ChatHandlers:
             sid = self._by_browser.pop(browser_id, None) if browser_id else None
         if sid:
             self.close(sid)
-            stats = self.manager.stats()
-            log.info("browser tab gone: its session is closed (%d open; state store %d of %d bytes)",
-                     stats["sessions"], stats["bytes_in_use"], stats["budget_bytes"])
+            stats = self.manager.stats()  # a page in front of Ray Serve has no state store of its own
+            store = f"; state store {stats['bytes_in_use']} of {stats['budget_bytes']} bytes" if "bytes_in_use" in stats \
+                else ""
+            log.info("browser tab gone: its session is closed (%d open%s)", stats["sessions"], store)
 
     def ensure(self, sid: str | None, browser_id: str | None = None) -> str:
         """The tab's live session id: opens one when there is none yet or it has ended (then says so)."""

@@ -107,3 +107,6 @@ def test_the_page_handlers_chat_and_probe_over_remote_sessions_and_refuse_suites
     assert set(probs) == {"Yes", "No"} and abs(sum(probs.values()) - 1) < 1e-5 and "P(Yes)" in text
     assert ui.run_suite([], tmp_path, 10) is None
     assert len(notes.warnings) == 1 and "python -m cobra_app probe" in notes.warnings[0]
+    ui.open_tab("browser-a")
+    ui.close_browser("browser-a")  # unload: its session is closed (and logged, without a local state store)
+    assert sessions.stats()["sessions"] == 1
