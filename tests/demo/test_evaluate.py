@@ -9,7 +9,7 @@ from cobra_app.demo.conversations import QA_KINDS, make_eval_set
 from cobra_app.demo.model_config import tiny_config
 from cobra_app.demo.scenes import render
 from cobra_app.demo.tokenizer import build_demo_tokenizer
-from cobra_app.demo.train import build_model
+from cobra_app.demo.training.model_init import build_model
 from cobra_app.generation import SamplingParams, closed_set_probs, generate_text
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
 

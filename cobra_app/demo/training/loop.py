@@ -1,0 +1,136 @@
+"""The whole run: the vision warm-up, then stage 2 (the oracle stage, the projector warm-up, then real images), within a
+wall-clock budget, deterministic for a seed."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cobra_app.demo.conversations import make_eval_set
+from cobra_app.demo.model_config import demo_config
+from cobra_app.demo.tokenizer import build_demo_tokenizer
+from cobra_app.demo.training.batching import Batch, BatchStream
+from cobra_app.demo.training.config import TrainConfig
+from cobra_app.demo.training.forward import batch_loss
+from cobra_app.demo.training.lookup import LookupHeads
+from cobra_app.demo.training.model_init import build_model
+from cobra_app.demo.training.monitor import MONITOR_SEED, monitor_accuracy
+from cobra_app.demo.training.oracle import OracleTokens, warm_up_projector
+from cobra_app.demo.training.saving import StepLog, TrainResult, save
+from cobra_app.demo.training.schedule import Budget, BudgetedCosine, param_groups
+from cobra_app.demo.training.vision_warm_up import warm_up_vision
+from cobra_app.model.cobra import CobraConfig, CobraVLM
+from cobra_app.model.ops import get_ops
+from cobra_app.prompting import TurnTokenizer, get_prompt_builder
+
+
+@contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Inside, torch uses deterministic algorithms only; the previous setting is restored after. Needed for training
+    to be a function of the seed: on CPU the backward of `index_put_` with accumulate (the rows that share a scene's
+    state) otherwise adds in thread-timing order (docs/DEMO_MODEL.md, 'Reproducing it')."""
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+
+
+def stage_two_parts(vlm: CobraVLM, config: CobraConfig, cfg: TrainConfig
+                    ) -> tuple[LookupHeads | None, OracleTokens | None, torch.optim.Optimizer]:
+    """Stage 2's look-up heads, oracle tokens (None when not used) and optimizer; freezes the tower unless
+    `cfg.vision_lr_scale` > 0."""
+    if cfg.vision_lr_scale == 0:
+        vlm.vision_backbone.requires_grad_(False)
+    heads = (LookupHeads(config.llm.d_model, cfg.lookup_layer, cfg.offset_layer, cfg.verdict_layer,
+                         cfg.lookup_loss_weight)
+             if cfg.lookup_loss_weight else None)
+    if heads and max(heads.layers) >= config.llm.n_layer:
+        raise ValueError(f"the look-up heads read blocks {heads.layers}; the model has {config.llm.n_layer}")
+    if cfg.oracle_steps >= cfg.steps:
+        raise ValueError(f"oracle_steps ({cfg.oracle_steps}) must leave steps for real images (steps {cfg.steps})")
+    oracle = OracleTokens(config.vision.num_patches, config.llm.d_model) if cfg.oracle_steps else None
+    groups = param_groups(vlm, cfg.weight_decay, cfg.vision_lr_scale)
+    for extra in (heads, oracle):
+        if extra:
+            groups.append({"params": list(extra.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
+    return heads, oracle, torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def optimizer_step(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None, oracle: OracleTokens | None,
+                   optimizer: torch.optim.Optimizer, grad_clip: float) -> tuple[float, float]:
+    """One step on `batch` (read through `oracle`'s tokens when given) -> (loss, gradient norm before clipping)."""
+    loss = batch_loss(vlm, batch, heads, oracle(batch.inventories) if oracle else None)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    return loss.item(), grad_norm
+
+
+@deterministic_algorithms()
+def train(
+    cfg: TrainConfig,
+    out_dir: Path | None = None,
+    config: CobraConfig | None = None,
+    tokenizer=None,
+    progress: bool = True,
+    command: str = "",
+) -> TrainResult:
+    """Train; with `out_dir`, save the model directory, the loss log and the run info (`command`: how it was run)
+    there."""
+    get_ops(torch.device("cpu"))  # the kernels load (or compile) before the clock starts: not charged to the pace
+    budget = Budget(cfg.max_minutes * 60, time.monotonic())
+    torch.set_num_threads(cfg.threads)
+    tokenizer = tokenizer or build_demo_tokenizer()
+    overrides = {k: v for k in ("d_model", "n_layer", "d_state") if (v := getattr(cfg, k)) is not None}
+    config = config or demo_config(len(tokenizer), **overrides)
+    tokens = TurnTokenizer(tokenizer, get_prompt_builder(config.prompt_format))
+    vlm = build_model(config, cfg.seed).train()
+    vision_log = warm_up_vision(vlm, cfg, progress, budget.deadline) if cfg.vision_steps else []
+    image_size = config.vision.image_size
+    stream = BatchStream(cfg.seed, tokens, vlm.image_transform, image_size, cfg)
+    monitor_items = make_eval_set(MONITOR_SEED, cfg.monitor_items) if cfg.monitor_every else []
+    heads, oracle, optimizer = stage_two_parts(vlm, config, cfg)
+    stopped_by, ema = "steps", None
+    schedule = BudgetedCosine(cfg, budget)
+    with StepLog(out_dir) as log, tqdm(total=cfg.steps, disable=not progress, dynamic_ncols=True, desc="train") as bar:
+        for step in range(cfg.steps):
+            lr = schedule.lr(step)
+            if lr is None:
+                stopped_by = "time"
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            if oracle and step == cfg.oracle_steps:  # the oracle stage ends: real images from here on
+                vision_log += warm_up_projector(vlm, oracle, cfg, progress, budget.deadline)
+            step_start = time.monotonic()
+            batch = next(stream)
+            on_oracle = oracle if step < cfg.oracle_steps else None
+            value, grad_norm = optimizer_step(vlm, batch, heads, on_oracle, optimizer, cfg.grad_clip)
+            ema = value if ema is None else 0.95 * ema + 0.05 * value
+            entry = {"step": step + 1, "loss": round(value, 5), "lr": lr, "grad_norm": round(grad_norm, 4),
+                     "rows": len(batch.lengths), "scenes": int(batch.row_scene.max()) + 1,
+                     "tokens": batch.num_label_tokens, "elapsed_s": round(time.monotonic() - budget.start, 2)}
+            if cfg.monitor_every and ((step + 1) % cfg.monitor_every == 0 or step + 1 == cfg.steps):
+                entry["monitor"] = monitor_accuracy(vlm, monitor_items, tokens, image_size, on_oracle)
+                tqdm.write(f"step {step + 1}: loss(ema) {ema:.4f} held-out teacher-forced accuracy "
+                           + " ".join(f"{k} {v:.2f}" for k, v in entry["monitor"].items()), file=sys.stderr)
+            log.append(entry)
+            schedule.step_seconds += time.monotonic() - step_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}")
+    vlm.eval()
+    result = TrainResult(vlm, len(log.entries), time.monotonic() - budget.start, stopped_by, log.entries, vision_log)
+    if out_dir is not None:
+        save(result, cfg, tokenizer, Path(out_dir), time.monotonic() - schedule.loop_start, command)
+    return result

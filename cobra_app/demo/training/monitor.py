@@ -1,0 +1,38 @@
+"""The accuracy printed during training: teacher-forced exact match on held-out items, per question kind."""
+
+from __future__ import annotations
+
+import torch
+
+from cobra_app.demo.training.batching import make_batch
+from cobra_app.demo.training.forward import batch_logits
+from cobra_app.demo.training.oracle import OracleTokens
+from cobra_app.demo.training.rows import IGNORE
+from cobra_app.model.cobra import CobraVLM
+from cobra_app.prompting import TurnTokenizer
+
+MONITOR_SEED = 777  # held-out scenes for the accuracy printed during training (not the reported evaluation)
+
+
+@torch.no_grad()
+def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, image_size: int,
+                     oracle: OracleTokens | None = None, batch_rows: int = 60) -> dict:
+    """Teacher-forced exact match on single-turn held-out items: a reply is right when the arg-max at every reply
+    position (its EOS included) is the reference token, i.e. when greedy decoding reproduces it. Per kind. With
+    `oracle`, the images are read through its tokens (the oracle stage)."""
+    was_training = vlm.training
+    vlm.eval()
+    hits: dict[str, list[bool]] = {}
+    for i in range(0, len(items), batch_rows):
+        chunk = items[i : i + batch_rows]
+        batch = make_batch([s for s, _ in chunk], [(j, [qa]) for j, (_, qa) in enumerate(chunk)], tokens,
+                           vlm.image_transform, image_size, min_chunk=1)
+        ok = torch.ones(len(chunk), dtype=torch.bool)
+        for start, end, active, logits in batch_logits(vlm, batch, oracle(batch.inventories) if oracle else None):
+            labels = batch.labels[:active, start:end]
+            wrong = (logits.argmax(-1) != labels) & (labels != IGNORE)
+            ok[:active] &= ~wrong.any(-1)
+        for r, j in enumerate(batch.order):
+            hits.setdefault(chunk[j][1].kind, []).append(bool(ok[r]))
+    vlm.train(was_training)
+    return {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}

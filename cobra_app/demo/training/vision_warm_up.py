@@ -1,0 +1,95 @@
+"""Stage 1, the vision warm-up: the towers, which start from scratch where the release's start from pretrained DINOv2
+and SigLIP, learn alone (through linear heads, then discarded) to name the shape and colour under each patch and, at
+every patch, the whole scene (`scene_inventory`)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_scene
+from cobra_app.demo.training.config import TrainConfig
+from cobra_app.demo.training.inventory import object_errors, scene_inventory
+from cobra_app.demo.training.schedule import lr_at
+from cobra_app.model.cobra import CobraVLM
+
+SHAPE_CLASSES = ("background", *SHAPES)  # per-patch targets of the vision warm-up
+COLOUR_CLASSES = ("background", *COLOURS)
+VISION_STREAM, PROJECTOR_STREAM = 2, 3  # seed-sequence keys of the warm-ups' scenes (stage 2 draws from TRAIN_STREAM)
+
+
+def patch_targets(scene: Scene, image_size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch labels, row-major like the ViT's patch tokens: (shape class [grid²], colour class [grid²]) of the
+    object covering most pixels of each patch (indices into SHAPE_CLASSES / COLOUR_CLASSES; 0 = background)."""
+    patch = image_size // grid
+    owners = object_map(scene, image_size).reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
+    owners = owners.reshape(grid * grid, patch * patch)  # [P, pixels] object index + 1 (0 = background)
+    counts = np.stack([(owners == k + 1).sum(1) for k in range(len(scene.objects))], 1)  # [P, objects]
+    owner = np.where(counts.max(1) > 0, counts.argmax(1) + 1, 0)  # [P]
+    shape_of = np.array([0] + [SHAPE_CLASSES.index(o.shape) for o in scene.objects])
+    colour_of = np.array([0] + [COLOUR_CLASSES.index(o.colour) for o in scene.objects])
+    return shape_of[owner], colour_of[owner]
+
+
+class WarmUpHead(nn.Module):
+    """Linear read-outs of the vision warm-up (discarded afterwards), applied to every patch: the shape and colour
+    under the patch, and the scene's whole inventory (which pairs are present, and where)."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.patch = nn.Linear(embed_dim, len(SHAPE_CLASSES) + len(COLOUR_CLASSES))
+        self.inventory = nn.Linear(embed_dim, 3 * len(PAIRS))
+
+    def loss(self, features: Tensor, shapes: Tensor, colours: Tensor, inventory: Tensor) -> Tensor:
+        """features [B, P, C]; shapes, colours [B, P] class indices; inventory [B, 3, len(PAIRS)] -> summed losses
+        (cross-entropies, presence binary cross-entropy, squared error of present pairs' centres)."""
+        shape_logits, colour_logits = self.patch(features).split([len(SHAPE_CLASSES), len(COLOUR_CLASSES)], dim=-1)
+        predicted = self.inventory(features).unflatten(-1, (3, len(PAIRS))).transpose(-1, -2)  # [B, P, pairs, 3]
+        presence, where = object_errors(predicted, inventory.transpose(-1, -2)[:, None].expand_as(predicted))
+        return (F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
+                + F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten())
+                + presence.mean() * len(PAIRS) / 4
+                + 10 * (where.sum(-1) / inventory[:, None, 0].sum(-1)).mean())
+
+
+def warm_up_scenes(rng: np.random.Generator, vlm: CobraVLM, n: int) -> tuple[list[Scene], dict[str, Tensor]]:
+    """n fresh scenes and their pixel values, rendered and transformed as at inference."""
+    scenes = [sample_scene(rng) for _ in range(n)]
+    pixels = [vlm.image_transform(render(scene, vlm.config.vision.image_size)) for scene in scenes]
+    return scenes, {name: torch.stack([p[name] for p in pixels]) for name in pixels[0]}
+
+
+def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadline: float | None = None) -> list[dict]:
+    """Stage 1: train the vision tower alone to name the shape and colour under each patch and the scene's inventory
+    (`WarmUpHead` on every patch), the stand-in for the release's pretrained DINOv2 / SigLIP. Only the tower's weights
+    change. Stops early at `deadline` (a `time.monotonic()` value). Returns the loss log."""
+    vision, image_size = vlm.vision_backbone, vlm.config.vision.image_size
+    grid = image_size // vlm.config.vision.branches[0].patch_size  # patches per side
+    head = WarmUpHead(vision.embed_dim)
+    params = [*vision.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng([cfg.seed, VISION_STREAM])
+    schedule = TrainConfig(lr=cfg.vision_lr, warmup_steps=min(50, cfg.vision_steps), min_lr_ratio=cfg.min_lr_ratio)
+    log = []
+    for step in tqdm(range(cfg.vision_steps), disable=not progress, dynamic_ncols=True, desc="vision warm-up"):
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        cosine_progress = (step - schedule.warmup_steps) / max(cfg.vision_steps - schedule.warmup_steps, 1)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(schedule, step, cosine_progress)
+        scenes, pixel_values = warm_up_scenes(rng, vlm, cfg.vision_images)
+        targets = [patch_targets(scene, image_size, grid) for scene in scenes]
+        shapes, colours = (torch.from_numpy(np.stack(t)) for t in zip(*targets))  # [B, P] each
+        inventory = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [B, 3, pairs]
+        loss = head.loss(vision(pixel_values), shapes, colours, inventory)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        log.append({"vision_step": step + 1, "loss": round(loss.item(), 5)})
+    return log

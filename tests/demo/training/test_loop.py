@@ -1,0 +1,99 @@
+"""Spec: a run trains the stages in order, keeps the tower frozen in stage 2, is a function of its seed (bit for bit),
+keeps to its wall-clock budget and saves a loadable model (a few steps of a tiny model; CI never runs the full
+training)."""
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+
+from cobra_app.demo.model_config import tiny_config
+from cobra_app.demo.training import loop
+from cobra_app.demo.training.config import TrainConfig
+from cobra_app.demo.training.loop import train
+from cobra_app.demo.training.model_init import build_model
+from cobra_app.demo.training.saving import INFO_FILE, LOG_FILE
+
+TINY_HEADS = {"lookup_layer": 0, "offset_layer": 1, "verdict_layer": 1}  # the tiny model has two blocks
+
+
+def test_stage_two_keeps_the_warmed_up_tower_frozen_by_default(tokenizer):
+    cfg = TrainConfig(**TINY_HEADS, steps=3, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0,
+                        oracle_steps=0)
+    assert cfg.vision_lr_scale == 0
+    torch.manual_seed(0)
+    before = {k: v.clone() for k, v in build_model(tiny_config(len(tokenizer)), seed=cfg.seed).state_dict().items()}
+    result = train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    changed = {k for k, v in result.vlm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and not any(k.startswith("vision_backbone.") for k in changed)
+    assert any(k.startswith("projector.") for k in changed) and any(k.startswith("llm.") for k in changed)
+
+
+def test_the_same_seed_trains_the_same_weights_through_every_stage(tokenizer):
+    """Vision warm-up, oracle stage, projector warm-up and stage 2, twice from seed 3, on two threads and within a
+    budget the run keeps to (so the clock never enters the schedule): equal weights, bit for bit; another seed gives
+    other weights."""
+    cfg = TrainConfig(**TINY_HEADS, seed=3, steps=6, rows_per_batch=6, warmup_steps=2, monitor_every=0,
+                        vision_steps=2, vision_images=4, oracle_steps=2, projector_steps=2, threads=2,
+                        max_minutes=0.6)  # 36 s: 16 s for the steps after the 20 s kept for saving
+
+    def weights(cfg):
+        result = train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+        assert result.steps_done == cfg.steps
+        return result.vlm.state_dict()
+
+    first, second = weights(cfg), weights(cfg)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = weights(dataclasses.replace(cfg, seed=4))
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_at_the_demo_models_size_two_runs_of_one_seed_are_equal_bit_for_bit(tokenizer):
+    """At the shipped model's sizes (48 rows a step: the backward of the rows that share a scene's state is large
+    enough to be split over threads), every stage twice from one seed on two threads: equal weights, bit for bit.
+    Training switches torch to deterministic algorithms for its duration only."""
+    cfg = TrainConfig(seed=5, steps=4, warmup_steps=1, monitor_every=0, vision_steps=1, vision_images=4,
+                        oracle_steps=2, projector_steps=1, threads=2)
+    first, second = (train(cfg, None, tokenizer=tokenizer, progress=False).vlm.state_dict() for _ in range(2))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_the_kernels_are_loaded_before_the_training_clock_starts(tokenizer, monkeypatch):
+    """Loading (or compiling) the CPU kernels is not charged to the budget nor to the pace of the first step."""
+    events = []
+    monkeypatch.setattr(loop, "get_ops", lambda device: events.append("kernels"))
+    clock = loop.time.monotonic
+    monkeypatch.setattr(loop.time, "monotonic", lambda: events.append("clock") or clock())
+    cfg = TrainConfig(**TINY_HEADS, steps=2, rows_per_batch=4, warmup_steps=1, monitor_every=0, vision_steps=0,
+                        oracle_steps=0)
+    train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    assert events[0] == "kernels" and "clock" in events
+
+
+def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path):
+    from cobra_app import load
+
+    cfg = TrainConfig(**TINY_HEADS, steps=40, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0, vision_steps=5,
+                        oracle_steps=10, projector_steps=5, vision_images=8)
+    out = tmp_path / "tiny-model"
+    result = train(cfg, out, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    losses = [e["loss"] for e in result.log]
+    assert result.steps_done == 40 and result.stopped_by == "steps"
+    assert np.mean(losses[-5:]) < 0.7 * losses[0]
+    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(1, 41))
+    info = json.loads((out / INFO_FILE).read_text())
+    assert info["steps_done"] == 40 and info["weights_bytes"] > 0
+    loaded = load(out, device="cpu")
+    assert loaded.config == result.vlm.config
+    for (name, a), b in zip(result.vlm.state_dict().items(), loaded.vlm.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_time_budget_stops_gracefully_and_saves(tokenizer, tmp_path):
+    cfg = TrainConfig(**TINY_HEADS, steps=10_000, rows_per_batch=4, max_minutes=0.0, monitor_every=0)
+    result = train(cfg, tmp_path / "m", config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    assert result.stopped_by == "time" and result.steps_done == 0 and result.vision_log == []
+    assert (tmp_path / "m" / "model.safetensors").is_file()

@@ -1,0 +1,52 @@
+"""Spec: the vision warm-up names the object under each patch and the scene's inventory, and trains the tower only."""
+
+import numpy as np
+import torch
+
+from cobra_app.demo.model_config import tiny_config
+from cobra_app.demo.scenes import PAIRS, Scene, SceneObject
+from cobra_app.demo.training.config import TrainConfig
+from cobra_app.demo.training.model_init import build_model
+from cobra_app.demo.training.vision_warm_up import (
+    COLOUR_CLASSES,
+    SHAPE_CLASSES,
+    WarmUpHead,
+    patch_targets,
+    warm_up_vision,
+)
+
+
+def test_patch_targets_name_the_object_under_each_patch():
+    circle = SceneObject("circle", "red", size=0.2, x=0.25, y=0.25)  # centred in the top-left quadrant
+    cross = SceneObject("cross", "blue", size=0.2, x=0.75, y=0.75)
+    scene = Scene((circle, cross), background=(245, 245, 245), texture=0.0, grain=0.0, noise_seed=0)
+    shapes, colours = patch_targets(scene, image_size=64, grid=4)  # 16-pixel patches, row-major
+    names = [SHAPE_CLASSES[s] for s in shapes]
+    assert names[0] == names[5] == "circle" and names[15] == names[10] == "cross"
+    assert names[3] == names[12] == "background"
+    assert [COLOUR_CLASSES[c] for c in colours[[0, 5, 10, 15, 3]]] == ["red", "red", "blue", "blue", "background"]
+    assert ((shapes == 0) == (colours == 0)).all()
+
+
+def test_warm_up_inventory_loss_scores_the_centres_of_present_pairs_only():
+    torch.manual_seed(0)
+    head = WarmUpHead(embed_dim=8)
+    features, shapes, colours = torch.randn(1, 4, 8), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)
+    inventory = torch.zeros(1, 3, len(PAIRS))
+    inventory[0, :, 3] = torch.tensor([1.0, 0.2, 0.7])  # one present pair
+    base = head.loss(features, shapes, colours, inventory)
+    with torch.no_grad():
+        head.inventory.bias[len(PAIRS) + 5] += 1.0  # x of an absent pair: not scored
+    assert torch.equal(head.loss(features, shapes, colours, inventory), base)
+    with torch.no_grad():
+        head.inventory.bias[len(PAIRS) + 3] += 1.0  # x of the present pair
+    assert head.loss(features, shapes, colours, inventory) != base
+
+
+def test_vision_warm_up_trains_the_tower_only(tokenizer):
+    vlm = build_model(tiny_config(len(tokenizer)), seed=0)
+    before = {k: v.clone() for k, v in vlm.state_dict().items()}
+    log = warm_up_vision(vlm, TrainConfig(vision_steps=30, vision_images=16, vision_lr=3e-3), progress=False)
+    assert len(log) == 30 and np.mean([e["loss"] for e in log[-5:]]) < 0.7 * log[0]["loss"]
+    changed = {k for k, v in vlm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith("vision_backbone.") for k in changed)
