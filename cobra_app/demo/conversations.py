@@ -1,8 +1,10 @@
-"""Template-generated questions and answers about a synthetic scene, with answers checked against its geometry.
+"""Questions and answers about a synthetic scene, with answers checked against its geometry.
 
-Each asker below turns (scene, rng) into a `Fact`: the templates that can ask it, their slots, the answer and tags, or
-None when the question cannot be asked unambiguously of this scene. Closed-set answers (Yes/No, True/False) are drawn by
-a fair coin *before* the question is chosen, so both answers are equally likely whatever the scene.
+Each asker below turns (scene, rng, phrasing) into a `Fact`: the grammar key of the question (whose templates live in
+`cobra_app.demo.phrasing`), its slots, the answer and tags, or None when the question cannot be asked unambiguously of
+this scene. Closed-set answers (Yes/No, True/False) are drawn by a fair coin *before* the question is chosen, so both
+answers are equally likely whatever the scene. With the original phrasing (`phrasing.ORIGINAL`) every draw is the one
+the first demo model was trained and evaluated with, so `make_eval_set(seed)` gives the same items as it always did.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -11,15 +13,25 @@ from typing import TypeVar
 
 import numpy as np
 
-from cobra_app.demo.scenes import COLOURS, PAIR_WEIGHTS, PAIRS, RELATIONS, SHAPES, Scene, relation_holds, sample_scene
+from cobra_app.demo.phrasing import ORIGINAL, RELATION_SYNONYMS, TRAINING, Phrasing, perturb, templates
+from cobra_app.demo.scenes import (
+    COLOURS,
+    PAIR_WEIGHTS,
+    PAIRS,
+    RELATIONS,
+    SHAPES,
+    Scene,
+    relation_holds,
+    sample_scene,
+    sample_styled_scene,
+    sample_training_scene,
+)
 
 CLOSED_SETS: tuple[tuple[str, str], ...] = (("Yes", "No"), ("True", "False"))
 NUMBERS = ("zero", "one", "two", "three", "four")
-RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+RELATION_PHRASES = {rel: phrases[0] for rel, phrases in RELATION_SYNONYMS.items()}  # the original wording
 POPE_SPLITS = ("random", "popular", "adversarial")
 POPULAR_TOP_K = 3  # "popular" negatives are drawn from the K most frequent (shape, colour) pairs absent from the scene
-TRUE_FALSE_PROMPT = ('Based on the image, is this statement "True" or "False"? {statement}\n'
-                     'Respond with "True" or "False" directly.')
 
 
 @dataclass(frozen=True)
@@ -29,7 +41,8 @@ class QA:
     question: str
     answer: str
     kind: str  # one of QA_KINDS
-    tags: tuple[str, ...] = ()  # sub-type: count target, POPE split, spatial format and relation
+    tags: tuple[str, ...] = ()  # sub-type: count target, POPE split, spatial format and relation, "absent"
+    follow_up: bool = False  # a short follow-up ("And the square?") that only makes sense after an earlier turn
 
     @property
     def choices(self) -> tuple[str, str] | None:
@@ -39,12 +52,13 @@ class QA:
 
 @dataclass(frozen=True)
 class Fact:
-    """What an asker found askable: question templates, the values of their slots, the answer and its tags."""
+    """What an asker found askable: the question's grammar key, the values of its slots, the answer and its tags."""
 
-    templates: tuple[str, ...]
+    key: str  # a key of `phrasing.GRAMMAR` ("exist", "count/colour", "spatial/yes-no", ...)
     slots: dict[str, str]
     answer: str
     tags: tuple[str, ...] = ()
+    relation: str | None = None  # a spatial question's relation, whose wording the grammar varies
 
 
 def with_article(noun_phrase: str) -> str:
@@ -67,53 +81,56 @@ def _yes(rng: np.random.Generator) -> bool:
     return bool(rng.random() < 0.5)
 
 
-def ask_describe(scene: Scene, rng: np.random.Generator) -> Fact:
+def _absent(rng: np.random.Generator, phrasing: Phrasing) -> bool:
+    """Whether to ask about a missing object (never drawn when the phrasing asks about present ones only)."""
+    return bool(phrasing.absent_share) and bool(rng.random() < phrasing.absent_share)
+
+
+def ask_describe(scene: Scene, rng: np.random.Generator, phrasing: Phrasing) -> Fact:
     """Every object, left to right."""
     names = [with_article(o.name) for o in scene.left_to_right()]
     listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     verb, noun = ("is", "object") if len(names) == 1 else ("are", "objects")
-    answer = f"There {verb} {NUMBERS[len(names)]} {noun}: {listing}."
-    templates = ("Describe the image.", "What is in the image?", "What do you see?", "Describe this picture.",
-                 "List the objects in the image.")
-    return Fact(templates, {}, answer)
+    return Fact("describe", {}, f"There {verb} {NUMBERS[len(names)]} {noun}: {listing}.")
 
 
-def ask_count(scene: Scene, rng: np.random.Generator) -> Fact:
+def ask_count(scene: Scene, rng: np.random.Generator, phrasing: Phrasing) -> Fact:
     """All objects, objects of one colour, or objects of one shape (zero allowed for the last two)."""
     target = _choice(rng, ("all", "colour", "shape"))
     if target == "all":
-        templates = ("How many objects are there?", "How many objects are in the image?",
-                     "How many shapes can you see?", "Count the objects.")
-        return Fact(templates, {}, NUMBERS[len(scene.objects)].capitalize() + ".", (target,))
+        return Fact("count/all", {}, NUMBERS[len(scene.objects)].capitalize() + ".", (target,))
     present = [getattr(o, target) for o in scene.objects]
     value = _choice(rng, present if _yes(rng) else list({"colour": COLOURS, "shape": SHAPES}[target]))
-    templates = {"colour": ("How many {value} objects are there?", "How many {value} shapes are in the image?"),
-                 "shape": ("How many {value} are there?", "How many {value} are in the image?")}[target]
-    slot = value if target == "colour" else plural(value)
-    return Fact(templates, {"value": slot}, NUMBERS[present.count(value)].capitalize() + ".", (target,))
+    slots = {"colour": value} if target == "colour" else {"shapes": plural(value)}
+    return Fact(f"count/{target}", slots, NUMBERS[present.count(value)].capitalize() + ".", (target,))
 
 
-def ask_colour(scene: Scene, rng: np.random.Generator) -> Fact | None:
-    """The colour of an object whose shape is unique in the scene."""
+def ask_colour(scene: Scene, rng: np.random.Generator, phrasing: Phrasing) -> Fact | None:
+    """The colour of an object whose shape is unique in the scene; or, asked of a shape that is not there, that it
+    is not there."""
     shapes = [o.shape for o in scene.objects]
+    if _absent(rng, phrasing):
+        shape = _choice(rng, [s for s in SHAPES if s not in shapes])
+        return Fact("colour", {"shape": shape}, f"There is no {shape}.", ("absent",))
     candidates = [o for o in scene.objects if shapes.count(o.shape) == 1]
     if not candidates:
         return None
     o = _choice(rng, candidates)
-    templates = ("What colour is the {shape}?", "What is the colour of the {shape}?", "Which colour is the {shape}?")
-    return Fact(templates, {"shape": o.shape}, o.colour.capitalize() + ".")
+    return Fact("colour", {"shape": o.shape}, o.colour.capitalize() + ".")
 
 
-def ask_shape(scene: Scene, rng: np.random.Generator) -> Fact | None:
-    """The shape of an object whose colour is unique in the scene."""
+def ask_shape(scene: Scene, rng: np.random.Generator, phrasing: Phrasing) -> Fact | None:
+    """The shape of an object whose colour is unique in the scene; or, asked of a colour that is not there, that no
+    object has it."""
     colours = [o.colour for o in scene.objects]
+    if _absent(rng, phrasing):
+        colour = _choice(rng, [c for c in COLOURS if c not in colours])
+        return Fact("shape", {"colour": colour}, f"There is no {colour} object.", ("absent",))
     candidates = [o for o in scene.objects if colours.count(o.colour) == 1]
     if not candidates:
         return None
     o = _choice(rng, candidates)
-    templates = ("What shape is the {colour} object?", "What is the shape of the {colour} object?",
-                 "Which shape is {colour}?")
-    return Fact(templates, {"colour": o.colour}, with_article(o.shape).capitalize() + ".")
+    return Fact("shape", {"colour": o.colour}, with_article(o.shape).capitalize() + ".")
 
 
 def absent_pairs(scene: Scene, split: str) -> list[tuple[str, str]]:
@@ -127,17 +144,16 @@ def absent_pairs(scene: Scene, split: str) -> list[tuple[str, str]]:
     return absent
 
 
-def ask_exist(scene: Scene, rng: np.random.Generator) -> Fact:
+def ask_exist(scene: Scene, rng: np.random.Generator, phrasing: Phrasing) -> Fact:
     """POPE-style existence: a present object, or an absent one sampled by the random/popular/adversarial split."""
     split = _choice(rng, POPE_SPLITS)
     yes = _yes(rng)
     shape, colour = _choice(rng, [(o.shape, o.colour) for o in scene.objects] if yes else absent_pairs(scene, split))
-    templates = ("Is there {obj} in the image?", "Is there {obj}?", "Do you see {obj}?",
-                 "Does the image contain {obj}?")
-    return Fact(templates, {"obj": with_article(f"{colour} {shape}")}, "Yes" if yes else "No", (split,))
+    slots = {"obj": with_article(f"{colour} {shape}"), "objs": f"{colour} {plural(shape)}"}
+    return Fact("exist", slots, "Yes" if yes else "No", (split,))
 
 
-def ask_spatial(scene: Scene, rng: np.random.Generator) -> Fact | None:
+def ask_spatial(scene: Scene, rng: np.random.Generator, phrasing: Phrasing) -> Fact | None:
     """VSR-style relation between two objects, as a Yes/No question or a True/False statement."""
     candidates = [(a, b, rel, holds) for a in scene.objects for b in scene.objects if a is not b
                   for rel in RELATIONS if (holds := relation_holds(a, b, rel)) is not None]
@@ -147,13 +163,11 @@ def ask_spatial(scene: Scene, rng: np.random.Generator) -> Fact | None:
     a, b, rel, _ = _choice(rng, [c for c in candidates if c[3] == yes])  # each pair/axis gives one True, one False
     slots = {"a": a.name, "rel": RELATION_PHRASES[rel], "b": b.name}
     if _yes(rng):
-        templates = ("Is the {a} {rel} the {b}?", "Is the {a} located {rel} the {b}?")
-        return Fact(templates, slots, "Yes" if yes else "No", ("yes-no", rel))
-    templates = (TRUE_FALSE_PROMPT.format(statement="The {a} is {rel} the {b}."),)
-    return Fact(templates, slots, "True" if yes else "False", ("true-false", rel))
+        return Fact("spatial/yes-no", slots, "Yes" if yes else "No", ("yes-no", rel), rel)
+    return Fact("spatial/true-false", slots, "True" if yes else "False", ("true-false", rel), rel)
 
 
-ASKERS: dict[str, Callable[[Scene, np.random.Generator], Fact | None]] = {
+ASKERS: dict[str, Callable[[Scene, np.random.Generator, Phrasing], Fact | None]] = {
     "describe": ask_describe, "count": ask_count, "colour": ask_colour, "shape": ask_shape, "exist": ask_exist,
     "spatial": ask_spatial,
 }
@@ -165,23 +179,37 @@ FOLLOW_UPS: dict[str, tuple[str, ...]] = {
     "exist": ("And {obj}?", "What about {obj}?"),
 }
 # relative frequency of each kind in training conversations; spatial relations, the slowest to learn, get the most
-# (6 since run H1; 4 before: docs/DEMO_MODEL.md, 'From G5 to H1')
-KIND_WEIGHTS: dict[str, float] = {"describe": 1, "count": 2, "colour": 2, "shape": 2, "exist": 3, "spatial": 6}
+KIND_WEIGHTS: dict[str, float] = {"describe": 2, "count": 2, "colour": 2, "shape": 2, "exist": 3, "spatial": 6}
 FOLLOW_UP_PROB = 0.5
 MAX_TURNS = 4
+RENDERINGS = ("original", "train", "held-out")  # scene looks: `sample_scene`, or a `sample_styled_scene` family
 TRAIN_STREAM, EVAL_STREAM = 0, 1  # seed-sequence keys: the same integer seed never yields the same scenes in both
 
 
-def ask(kind: str, scene: Scene, rng: np.random.Generator, follow_up: bool = False) -> QA | None:
-    """One question of `kind` about `scene` (phrased as a short follow-up if asked), or None if it cannot be asked."""
-    fact = ASKERS[kind](scene, rng)
+def ask(kind: str, scene: Scene, rng: np.random.Generator, follow_up: bool = False,
+        phrasing: Phrasing = ORIGINAL) -> QA | None:
+    """One question of `kind` about `scene` (phrased as a short follow-up if asked), worded as `phrasing` says, or
+    None if it cannot be asked."""
+    fact = ASKERS[kind](scene, rng, phrasing)
     if fact is None:
         return None
-    template = _choice(rng, FOLLOW_UPS[kind] if follow_up else fact.templates)
-    return QA(template.format(**fact.slots), fact.answer, kind, fact.tags)
+    slots = fact.slots
+    if follow_up:
+        template = _choice(rng, FOLLOW_UPS[kind])
+    elif phrasing.split == "original" or (phrasing.original_share and rng.random() < phrasing.original_share):
+        template = _choice(rng, templates(fact.key, "original"))
+    else:
+        template = _choice(rng, templates(fact.key, phrasing.split))
+        if fact.relation:
+            slots = {**slots, "rel": _choice(rng, RELATION_SYNONYMS[fact.relation])}
+    question = template.format(**slots)
+    if phrasing.noise:
+        question = perturb(question, rng)
+    return QA(question, fact.answer, kind, fact.tags, follow_up)
 
 
-def sample_conversation(scene: Scene, rng: np.random.Generator, n_turns: int) -> list[QA]:
+def sample_conversation(scene: Scene, rng: np.random.Generator, n_turns: int,
+                        phrasing: Phrasing = ORIGINAL) -> list[QA]:
     """Up to `n_turns` distinct questions of mixed kinds (fewer only if the scene runs out of askable ones)."""
     kinds, weights = list(KIND_WEIGHTS), np.array(list(KIND_WEIGHTS.values()))
     turns: list[QA] = []
@@ -190,27 +218,38 @@ def sample_conversation(scene: Scene, rng: np.random.Generator, n_turns: int) ->
             break
         kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
         follow_up = bool(turns) and turns[-1].kind == kind and kind in FOLLOW_UPS and rng.random() < FOLLOW_UP_PROB
-        qa = ask(kind, scene, rng, follow_up)
+        qa = ask(kind, scene, rng, follow_up, phrasing)
         if qa is not None and all(qa.question != t.question for t in turns):
             turns.append(qa)
     return turns
 
 
-def make_eval_set(seed: int, n: int, kinds: Sequence[str] = QA_KINDS) -> list[tuple[Scene, QA]]:
+def sample_eval_scene(rng: np.random.Generator, rendering: str) -> Scene:
+    """A scene in the original look or in a style of a rendering family (RENDERINGS)."""
+    if rendering not in RENDERINGS:
+        raise ValueError(f"unknown rendering {rendering!r}; known: {RENDERINGS}")
+    return sample_scene(rng) if rendering == "original" else sample_styled_scene(rng, rendering)
+
+
+def make_eval_set(seed: int, n: int, kinds: Sequence[str] = QA_KINDS, phrasing: Phrasing = ORIGINAL,
+                  rendering: str = "original") -> list[tuple[Scene, QA]]:
     """`n` single-turn items, cycling through `kinds`, each on its own scene (redrawn until the kind can be asked)."""
     rng = np.random.default_rng([seed, EVAL_STREAM])
     items: list[tuple[Scene, QA]] = []
     while len(items) < n:
-        scene = sample_scene(rng)
-        qa = ask(kinds[len(items) % len(kinds)], scene, rng)
+        scene = sample_eval_scene(rng, rendering)
+        qa = ask(kinds[len(items) % len(kinds)], scene, rng, phrasing=phrasing)
         if qa is not None:
             items.append((scene, qa))
     return items
 
 
-def iter_training_examples(seed: int) -> Iterator[tuple[Scene, list[QA]]]:
-    """Endless stream of (scene, conversation of 1-4 turns)."""
+def iter_training_examples(seed: int, phrasing: Phrasing = TRAINING) -> Iterator[tuple[Scene, list[QA]]]:
+    """Endless stream of (scene, conversation of 1-4 turns): scenes in the original look or a "train"-family style,
+    questions worded by `phrasing` (never a held-out template)."""
+    if phrasing.split == "held-out":
+        raise ValueError("training never reads held-out templates")
     rng = np.random.default_rng([seed, TRAIN_STREAM])
     while True:
-        scene = sample_scene(rng)
-        yield scene, sample_conversation(scene, rng, int(rng.integers(1, MAX_TURNS + 1)))
+        scene = sample_training_scene(rng)
+        yield scene, sample_conversation(scene, rng, int(rng.integers(1, MAX_TURNS + 1)), phrasing)

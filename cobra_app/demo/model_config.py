@@ -32,7 +32,7 @@ def demo_config(
     vision: str | VisionBackboneConfig = DEMO_VISION_ID,
     model_id: str = DEMO_MODEL_ID,
 ) -> CobraConfig:
-    """The demo model's CobraConfig for a tokenizer of `vocab_size` tokens (1024 for `build_demo_tokenizer()`).
+    """The demo model's CobraConfig for a tokenizer of `vocab_size` tokens (1280 for `build_demo_tokenizer()`).
     Scenes are rendered at the vision tower's input size (`config.vision.image_size`, 64)."""
     vision_cfg = VISION_BACKBONES[vision] if isinstance(vision, str) else vision
     return CobraConfig(

@@ -3,12 +3,20 @@
 Coordinates are normalised to [0, 1] with the origin at the top-left corner (y grows downwards, as in images); an
 object's `size` is the radius of its bounding circle. Everything is a pure function of the numpy Generator passed in,
 and `render` is a pure function of the Scene, so a seed fully determines images and answers.
+
+`sample_scene` draws the original look (flat fills, 64 px, light backgrounds); `sample_styled_scene` draws the same
+world in a rendering style of `cobra_app.demo.styles` (other palettes, outlines, rotations, sizes, resolutions).
 """
 
+from __future__ import annotations
+
+import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
+
+from cobra_app.demo.styles import MAX_ROTATION, SIZE_RANGE_STYLED, RenderStyle, sample_fill, sample_style
 
 
 def _regular_polygon(n: int, phase: float) -> tuple[tuple[float, float], ...]:
@@ -57,6 +65,7 @@ RELATION_MARGIN = 0.10  # minimum centre offset along the axis for a spatial rel
 TEXTURE_MAX = 10.0  # amplitude (grey levels) of the low-frequency background texture
 GRAIN_MAX = 6.0  # standard deviation (grey levels) of the per-pixel noise
 SUPERSAMPLE = 4  # draw at 4x and box-downsample, for antialiased edges
+ORIGINAL_LOOK_SHARE = 0.3  # share of training scenes drawn in the original look (the rest: a "train"-family style)
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,13 @@ class SceneObject:
     size: float
     x: float
     y: float
+    rotation: float = 0.0  # degrees, clockwise on screen
+    stretch: float = 1.0  # horizontal scale before rotation (a narrower diamond), <= 1 keeps the bounding circle
+    rgb: tuple[int, int, int] | None = None  # this object's shade of its colour; None = COLOURS[colour]
+
+    @property
+    def fill(self) -> tuple[int, int, int]:
+        return COLOURS[self.colour] if self.rgb is None else self.rgb
 
     @property
     def name(self) -> str:
@@ -80,6 +96,7 @@ class Scene:
     texture: float  # amplitude of the low-frequency background texture, 0 = plain
     grain: float  # per-pixel noise standard deviation, 0 = none
     noise_seed: int
+    style: RenderStyle | None = None  # None: the original look (flat fills, plain or textured light background)
 
     def left_to_right(self) -> list[SceneObject]:
         """Objects in the canonical (left-to-right) order used by descriptions."""
@@ -102,22 +119,28 @@ def _fits(size: float, x: float, y: float, placed: list[SceneObject]) -> bool:
     return all(np.hypot(x - o.x, y - o.y) > size + o.size + OBJECT_GAP and abs(x - o.x) >= ORDER_GAP for o in placed)
 
 
-def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scene:
-    """Draw a scene: 1-4 objects with distinct (shape, colour) pairs, no overlaps, within the borders."""
-    n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
+def _layout(rng: np.random.Generator, n: int, size_range: tuple[float, float]) -> list[SceneObject]:
+    """n objects with distinct (shape, colour) pairs (drawn by PAIR_WEIGHTS), no overlaps, within the borders."""
     p = np.array([PAIR_WEIGHTS[pair] for pair in PAIRS])
     while True:  # restart the layout if rejection sampling gets stuck (rare)
         pairs = [PAIRS[i] for i in rng.choice(len(PAIRS), size=n, replace=False, p=p / p.sum())]
         placed: list[SceneObject] = []
         for shape, colour in pairs:
             for _ in range(100):
-                size = float(rng.uniform(*SIZE_RANGE))
+                size = float(rng.uniform(*size_range))
                 x, y = (float(v) for v in rng.uniform(size + EDGE_MARGIN, 1 - size - EDGE_MARGIN, size=2))
                 if _fits(size, x, y, placed):
                     placed.append(SceneObject(shape, colour, size, x, y))
                     break
         if len(placed) == n:
-            break
+            return placed
+
+
+def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scene:
+    """Draw a scene in the original look: 1-4 objects with distinct (shape, colour) pairs, no overlaps, within the
+    borders."""
+    n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
+    placed = _layout(rng, n, SIZE_RANGE)
     return Scene(
         objects=tuple(placed),
         background=BACKGROUNDS[rng.integers(len(BACKGROUNDS))],
@@ -127,8 +150,38 @@ def sample_scene(rng: np.random.Generator, n_objects: int | None = None) -> Scen
     )
 
 
-def render(scene: Scene, size: int = 64) -> Image.Image:
-    """Rasterise a scene to an RGB image of `size` x `size` pixels."""
+def sample_styled_scene(rng: np.random.Generator, family: str = "train", n_objects: int | None = None) -> Scene:
+    """Draw a scene of the same world in a style of rendering `family` (`cobra_app.demo.styles`): objects of radius
+    SIZE_RANGE_STYLED, small rotations, diamonds of varied width, each object its own shade of its colour."""
+    n = int(rng.integers(1, MAX_OBJECTS + 1)) if n_objects is None else n_objects
+    placed = [SceneObject(o.shape, o.colour, o.size, o.x, o.y,
+                          rotation=float(rng.uniform(-1, 1) * MAX_ROTATION[o.shape]),
+                          stretch=float(rng.uniform(0.7, 1.0)) if o.shape == "diamond" else 1.0,
+                          rgb=sample_fill(rng, o.colour))
+              for o in _layout(rng, n, SIZE_RANGE_STYLED)]
+    style = sample_style(rng, family)
+    return Scene(
+        objects=tuple(placed),
+        background=style.background,
+        texture=float(rng.uniform(0, TEXTURE_MAX)) if rng.random() < 0.4 else 0.0,
+        grain=float(rng.uniform(0, 2 * GRAIN_MAX)) if rng.random() < 0.5 else 0.0,
+        noise_seed=int(rng.integers(2**31)),
+        style=style,
+    )
+
+
+def sample_training_scene(rng: np.random.Generator) -> Scene:
+    """A scene as training draws them: the original look with probability ORIGINAL_LOOK_SHARE, else a style of the
+    "train" family."""
+    return sample_scene(rng) if rng.random() < ORIGINAL_LOOK_SHARE else sample_styled_scene(rng, "train")
+
+
+def render(scene: Scene, size: int | None = None) -> Image.Image:
+    """Rasterise a scene to an RGB image of `size` x `size` pixels (default: its style's resolution; 64 px for the
+    original look)."""
+    if scene.style is not None:
+        return _render_styled(scene, scene.style.resolution if size is None else size)
+    size = 64 if size is None else size
     rng = np.random.default_rng(scene.noise_seed)
     big = size * SUPERSAMPLE
     shapes = Image.new("RGBA", (big, big))
@@ -144,6 +197,111 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
+STYLED_CANVAS = 256  # styled scenes are drawn at about this many pixels a side, then box-downsampled
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A square of output pixels around an object ([top, top + side) x [left, left + side)) and its supersampling."""
+
+    left: int
+    top: int
+    side: int
+    supersample: int
+
+    @classmethod
+    def around(cls, o: SceneObject, size: int, supersample: int, margin: float) -> _Window:
+        left = max(0, int((o.x - o.size - margin) * size))
+        top = max(0, int((o.y - o.size - margin) * size))
+        right = min(size, int(np.ceil((o.x + o.size + margin) * size)))
+        bottom = min(size, int(np.ceil((o.y + o.size + margin) * size)))
+        side = max(right - left, bottom - top)
+        return cls(min(left, size - side), min(top, size - side), side, supersample)
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.top, self.top + self.side), slice(self.left, self.left + self.side)
+
+    def coverage(self, points: list[tuple[float, float]], width: int = 0) -> np.ndarray:
+        """[side, side, 1] float32 in [0, 1]: how much of each pixel a polygon (in supersampled whole-image
+        coordinates) covers; with `width`, its outline stroke of that many supersampled pixels instead."""
+        big = self.side * self.supersample
+        shift_x, shift_y = self.left * self.supersample, self.top * self.supersample
+        canvas = Image.new("L", (big, big))
+        draw = ImageDraw.Draw(canvas)
+        local = [(u - shift_x, v - shift_y) for u, v in points]
+        if width:
+            draw.polygon(local, outline=255, width=width)
+        else:
+            draw.polygon(local, fill=255)
+        small = canvas.resize((self.side, self.side), Image.Resampling.BOX)
+        return np.asarray(small, np.float32)[..., None] / 255
+
+
+def _styled_background(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
+    """[size, size, 3] float32: plain or gradient background, low-frequency texture, and the held-out family's
+    stripes."""
+    style = scene.style
+    ys, xs = ((np.mgrid[0:size, 0:size] + 0.5) / size).astype(np.float32)
+    along = xs * np.cos(style.gradient_angle) + ys * np.sin(style.gradient_angle)  # [size, size]
+    start = np.asarray(style.background, np.float32)
+    if style.background_to is not None:
+        t = ((along - along.min()) / max(np.ptp(along), 1e-6))[..., None]
+        background = start * (1 - t) + np.asarray(style.background_to, np.float32) * t
+    else:
+        background = np.broadcast_to(start, (size, size, 3)).astype(np.float32)
+    texture = Image.fromarray(rng.normal(size=(4, 4)).astype(np.float32))
+    texture = texture.resize((size, size), Image.Resampling.BILINEAR)
+    background = background + np.float32(scene.texture) * np.asarray(texture)[..., None]
+    if style.stripes:
+        across = xs * np.sin(style.gradient_angle) - ys * np.cos(style.gradient_angle)
+        bands = np.sign(np.sin(2 * np.pi * across * rng.uniform(5, 12))).astype(np.float32)
+        background = background * (1 + np.float32(style.stripes) * bands)[..., None]
+    return background
+
+
+def _render_styled(scene: Scene, size: int) -> Image.Image:
+    """Rasterise a styled scene: background, drop shadows (held-out family), shaded fills, outlines, noise, blur,
+    JPEG. Each object is composited within a window around it."""
+    style = scene.style
+    rng = np.random.default_rng(scene.noise_seed)
+    supersample = max(1, round(STYLED_CANVAS / size))
+    big = size * supersample
+    image = _styled_background(scene, size, rng)
+    margin = 0.04 + style.outline_width
+    if style.shadow:
+        shift = 0.025 * big
+        for o in scene.objects:
+            window = _Window.around(o, size, supersample, margin)
+            shadow = window.coverage([(u + shift, v + shift) for u, v in _outline(o, big)])
+            image[window.slices] *= 1 - np.float32(style.shadow) * shadow
+    for o in scene.objects:
+        window = _Window.around(o, size, supersample, margin)
+        fill = np.asarray(o.fill, np.float32)
+        if style.shading:
+            ys, xs = (np.mgrid[window.slices] + 0.5) / size
+            across = ((xs - o.x) * np.cos(style.gradient_angle) + (ys - o.y) * np.sin(style.gradient_angle)) / o.size
+            fill = np.clip(fill * (1 + style.shading * np.clip(across, -1, 1)).astype(np.float32)[..., None], 0, 255)
+        points = _outline(o, big)
+        covered = window.coverage(points)
+        region = image[window.slices]
+        region[:] = region * (1 - covered) + fill * covered
+        if style.outline_width:
+            line = window.coverage(points, width=max(1, round(style.outline_width * big)))
+            colour = np.asarray(style.outline if style.outline is not None else np.asarray(o.fill) * 0.45, np.float32)
+            region[:] = region * (1 - line) + colour * line
+    if scene.grain:
+        image = image + np.float32(scene.grain) * rng.normal(size=(size, size, 3)).astype(np.float32)
+    picture = Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+    if style.blur:
+        picture = picture.filter(ImageFilter.GaussianBlur(style.blur))
+    if style.jpeg_quality is not None:
+        buffer = io.BytesIO()
+        picture.save(buffer, format="JPEG", quality=style.jpeg_quality)
+        picture = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return picture
+
+
 def object_map(scene: Scene, size: int = 64) -> np.ndarray:
     """[size, size] uint8: 1 + the index (in `scene.objects`) of the object covering each pixel, 0 for background.
     Same geometry as `render`, without antialiasing."""
@@ -155,6 +313,11 @@ def object_map(scene: Scene, size: int = 64) -> np.ndarray:
 
 
 def _outline(o: SceneObject, size: int) -> list[tuple[float, float]]:
-    """The object's polygon in pixel coordinates of a `size` x `size` canvas."""
+    """The object's polygon in pixel coordinates of a `size` x `size` canvas (stretched, then rotated)."""
     r = o.size * size
-    return [(o.x * size + r * u, o.y * size + r * v) for u, v in SHAPES[o.shape]]
+    vertices = SHAPES[o.shape]
+    if o.rotation or o.stretch != 1.0:
+        cos, sin = np.cos(np.radians(o.rotation)), np.sin(np.radians(o.rotation))
+        vertices = tuple((float(u * o.stretch * cos - v * sin), float(u * o.stretch * sin + v * cos))
+                         for u, v in vertices)
+    return [(o.x * size + r * u, o.y * size + r * v) for u, v in vertices]

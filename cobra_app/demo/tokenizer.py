@@ -1,11 +1,12 @@
-"""A small GPT-NeoX-style byte-level BPE tokenizer for the demo Cobra, trained on the demo's own templates.
+"""A small GPT-NeoX-style byte-level BPE tokenizer for the demo Cobra, trained on the demo's own questions.
 
-Object names ("red square") are single tokens: the pre-tokenizer keeps each colour-shape pair in one piece, which
-training then merges. Named objects are the keys of existence and spatial questions; a small Mamba (no MLPs) learns
-to combine two words into one key slowly (docs/DEMO_MODEL.md), and one token per object removes that step.
-Relation phrases with their article (" to the left of the", " above the") are single tokens too, so that in every
-spatial template the two objects' names are at most three tokens apart: within the reach of Mamba's short
-convolution (d_conv 4), which can then subtract one object's looked-up position from the other's.
+Object names ("red square", and their plurals "red squares") are single tokens: the pre-tokenizer keeps each
+colour-shape pair in one piece, which training then merges. Named objects are the keys of existence and spatial
+questions; a small Mamba (no MLPs) learns to combine two words into one key slowly (docs/DEMO_MODEL.md), and one token
+per object removes that step. Relation phrases with their article (" to the left of the", " above the", and every
+wording of `phrasing.RELATION_SYNONYMS`: " under the", " higher than the") are single tokens too, so that in every
+spatial template the two objects' names are at most three tokens apart: within the reach of Mamba's short convolution
+(d_conv 4), which can then subtract one object's looked-up position from the other's.
 
 It keeps the release's conventions: `<|endoftext|>` is id 0 (eos, and also bos/unk/pad, no BOS is ever added),
 `<|padding|>` is id 1, and the Zephyr markers `<|user|>` / `<|assistant|>` are ordinary text. Training is deterministic:
@@ -18,16 +19,21 @@ from collections.abc import Iterator
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from cobra_app.demo.conversations import CLOSED_SETS, RELATION_PHRASES, iter_training_examples
+from cobra_app.demo.conversations import CLOSED_SETS, iter_training_examples, plural
+from cobra_app.demo.phrasing import RELATION_SYNONYMS
 from cobra_app.demo.scenes import COLOURS, SHAPES
 
 EOS, PAD = "<|endoftext|>", "<|padding|>"
 OBJECT_NAMES = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)
-RELATION_WORDS = tuple(f"{phrase} the" for phrase in RELATION_PHRASES.values())  # "to the left of the", ...
-# GPT-2's split (what ByteLevel's own regex does), preceded by whole object names and relation phrases
+OBJECT_PLURALS = tuple(f"{colour} {plural(shape)}" for colour in COLOURS for shape in SHAPES)
+# relation phrase with its article -> the relation it says: "to the left of the" -> "left of", "under the" -> "below"
+RELATION_WORDS: dict[str, str] = {f"{phrase} the": relation for relation, phrases in RELATION_SYNONYMS.items()
+                                  for phrase in phrases}
+# GPT-2's split (what ByteLevel's own regex does), preceded by whole object names and relation phrases (never inside
+# a longer word)
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-PRE_TOKENS = (r" ?(?:" + "|".join(COLOURS) + ") (?:" + "|".join(SHAPES) + r")\b"
-              + r"| ?(?:" + "|".join(RELATION_WORDS) + r")\b|" + GPT2_SPLIT)
+PRE_TOKENS = (r" ?(?<!\p{L})(?:" + "|".join(COLOURS) + ") (?:" + "|".join(SHAPES) + r")(?:e?s)?\b"
+              + r"| ?(?<!\p{L})(?:" + "|".join(sorted(RELATION_WORDS, key=len, reverse=True)) + r")\b|" + GPT2_SPLIT)
 CORPUS_SEED = 0
 CORPUS_CONVERSATIONS = 4000
 # generic English, so that users' free text does not fall apart into single bytes
@@ -66,14 +72,16 @@ def corpus() -> Iterator[str]:
             yield "\n<|assistant|>\n"
             yield qa.answer
     yield from ENGLISH.splitlines()
+    yield from (" " + name for name in (*OBJECT_NAMES, *OBJECT_PLURALS, *RELATION_WORDS))  # each one at least once
 
 
-def build_demo_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+def build_demo_tokenizer(vocab_size: int = 1280) -> PreTrainedTokenizerFast:
     """Train the demo tokenizer; every closed-set answer word ("Yes", "No", "True", "False"), every object name
     (" red square", after a space as in sentences) and every relation phrase (" to the left of the") is a single
     token.
 
-    `vocab_size` is an upper bound: the corpus runs out of merges at 1025 tokens, so 1024 (the default) is exact.
+    `vocab_size` is an upper bound (the corpus runs out of merges at 2024 tokens); 1280, the default, is the smallest
+    multiple of 256 at which every object name, plural and relation phrase is a single token.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
@@ -87,7 +95,8 @@ def build_demo_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(corpus(), trainer=trainer)
     split = [word for pair in CLOSED_SETS for word in pair if len(tokenizer.encode(word).ids) != 1]
-    split += [name for name in OBJECT_NAMES + RELATION_WORDS if len(tokenizer.encode(" " + name).ids) != 1]
+    split += [name for name in (*OBJECT_NAMES, *OBJECT_PLURALS, *RELATION_WORDS)
+              if len(tokenizer.encode(" " + name).ids) != 1]
     if split:
         raise ValueError(f"{split} are not single tokens at vocab_size={vocab_size}")
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS,

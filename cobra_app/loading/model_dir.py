@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -24,13 +25,17 @@ def is_model_dir(path: Path) -> bool:
     return config.is_file() and json.loads(config.read_text()).get("format") == CONFIG_FORMAT
 
 
-def save_model_dir(vlm: CobraVLM, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
-    """Write config, weights (each tensor in its dtype; a tied parameter stored once) and tokenizer to `out_dir`."""
+def save_model_dir(vlm: CobraVLM, tokenizer: PreTrainedTokenizerBase, out_dir: Path,
+                   storage_dtype: torch.dtype | None = None) -> Path:
+    """Write config, weights (each tensor in its dtype, or floating-point ones cast to `storage_dtype` when given,
+    e.g. float16 to halve the file; a tied parameter stored once) and tokenizer to `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(vlm.config.to_dict(), indent=2) + "\n")
     aliases = tied_parameters(vlm)
     state = {k: v.detach().contiguous() for k, v in vlm.state_dict().items() if k not in aliases}
+    if storage_dtype is not None:
+        state = {k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in state.items()}
     save_file(state, out_dir / WEIGHTS, metadata={"format": "pt"})
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -32,11 +32,11 @@ from cobra_app.demo.conversations import (
     QA,
     RELATION_PHRASES,
     TRAIN_STREAM,
-    TRUE_FALSE_PROMPT,
     absent_pairs,
     with_article,
 )
 from cobra_app.demo.model_config import DEMO_VISION_ID
+from cobra_app.demo.phrasing import TRUE_FALSE_PROMPT
 from cobra_app.demo.scenes import RELATIONS, Scene, relation_holds, render, sample_scene
 from cobra_app.model.vision import VISION_BACKBONES
 from cobra_app.probe.scoring import answers_for

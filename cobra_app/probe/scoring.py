@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cobra_app.demo.conversations import TRUE_FALSE_PROMPT
+from cobra_app.demo.phrasing import TRUE_FALSE_PROMPT
 from cobra_app.generation.scoring import ANSWER_PAIRS, get_answer_pair
 from cobra_app.model.cobra import CobraVLM
 from cobra_app.prompting.tokenization import TurnTokenizer

@@ -1,6 +1,8 @@
 """Spec: the synthetic scene world is seed-deterministic, well separated, and renders what it describes."""
 
+import colorsys
 import dataclasses
+import hashlib
 import itertools
 
 import numpy as np
@@ -15,10 +17,14 @@ from cobra_app.demo.scenes import (
     RELATION_MARGIN,
     SHAPES,
     Scene,
+    SceneObject,
+    object_map,
     relation_holds,
     render,
     sample_scene,
+    sample_styled_scene,
 )
+from cobra_app.demo.styles import MAX_ROTATION, PALETTE_HSV, SIZE_RANGE_STYLED
 
 
 def scenes(seed: int, n: int) -> list[Scene]:
@@ -95,3 +101,62 @@ def test_render_shows_object_colours_at_centres_and_background_elsewhere(noisy: 
             covered |= np.hypot(xx - o.x, yy - o.y) < o.size + 1.5 / 64
         deviation = np.abs(pixels[~covered] - scene.background)
         assert (deviation.mean() < 12) if noisy else (deviation.max() == 0)
+
+
+ORIGINAL_PIXELS_DIGEST = "c442ab236ddb7697"  # 20 scenes of seed 11 at 64 and 256 px, as the first demo model saw them
+
+
+def test_the_original_look_renders_the_pixels_it_always_did():
+    rng = np.random.default_rng(11)
+    digest = hashlib.sha256()
+    for _ in range(20):
+        scene = sample_scene(rng)
+        digest.update(np.asarray(render(scene)).tobytes())
+        digest.update(np.asarray(render(scene, 256)).tobytes())
+    assert digest.hexdigest()[:16] == ORIGINAL_PIXELS_DIGEST
+
+
+def styled(seed: int, n: int, family: str = "train") -> list[Scene]:
+    rng = np.random.default_rng(seed)
+    return [sample_styled_scene(rng, family) for _ in range(n)]
+
+
+def test_styled_scenes_keep_the_world_and_vary_the_look():
+    sample = styled(0, 400)
+    assert sample == styled(0, 400) and sample != styled(1, 400)
+    for scene in sample:
+        for o in scene.objects:
+            assert SIZE_RANGE_STYLED[0] <= o.size <= SIZE_RANGE_STYLED[1]
+            assert abs(o.rotation) <= MAX_ROTATION[o.shape] and 0.7 <= o.stretch <= 1.0
+            hue, saturation, value = colorsys.rgb_to_hsv(*(c / 255 for c in o.fill))
+            (h0, h1), (s0, s1), (v0, v1) = PALETTE_HSV[o.colour]
+            assert (h0 - 0.5 <= hue * 360 <= h1 + 0.5 or h0 - 0.5 <= hue * 360 - 360 <= h1 + 0.5)
+            assert s0 - 0.01 <= saturation <= s1 + 0.01 and v0 - 0.01 <= value <= v1 + 0.01
+        for a, b in itertools.combinations(scene.objects, 2):
+            assert np.hypot(a.x - b.x, a.y - b.y) > a.size + b.size + OBJECT_GAP and abs(a.x - b.x) >= ORDER_GAP
+    styles = [s.style for s in sample]
+    assert {s.resolution for s in styles} >= {48, 256} or min(s.resolution for s in styles) < 60
+    for share, name in ((0.4, "outline_width"), (0.3, "shading"), (0.2, "blur")):
+        assert abs(np.mean([bool(getattr(s, name)) for s in styles]) - share) < 0.08, name
+    assert abs(np.mean([s.jpeg_quality is not None for s in styles]) - 0.3) < 0.08
+    assert not any(s.shadow or s.stripes for s in styles)  # the held-out family's marks never appear in training
+    assert all(s.style.shadow and s.style.stripes for s in styled(2, 50, "held-out"))
+
+
+def test_styled_render_is_deterministic_at_its_resolution_and_fills_objects_with_their_shade():
+    for scene in styled(3, 40):
+        plain = dataclasses.replace(scene, texture=0.0, grain=0.0, style=dataclasses.replace(
+            scene.style, shading=0.0, blur=0.0, jpeg_quality=None, background_to=None))
+        image = render(plain)
+        assert image.size == (scene.style.resolution,) * 2 and np.array_equal(np.asarray(image), render(plain))
+        pixels, side = np.asarray(image, np.int32), scene.style.resolution
+        for o in scene.objects:
+            assert np.abs(pixels[int(o.y * side), int(o.x * side)] - o.fill).max() <= 1, o
+
+
+def test_object_map_follows_rotated_shapes():
+    square = SceneObject("square", "red", size=0.3, x=0.5, y=0.5)
+    turned = dataclasses.replace(square, rotation=45.0)  # a square turned by 45 degrees covers a diamond's pixels
+    diamond = SceneObject("diamond", "red", size=0.3, x=0.5, y=0.5)
+    maps = [object_map(Scene((o,), (245, 245, 245), 0.0, 0.0, 0), 64) for o in (square, turned, diamond)]
+    assert (maps[1] != maps[0]).sum() > 200 and (maps[1] != maps[2]).sum() < 60  # edge pixels only

@@ -1,21 +1,23 @@
 """Spec: the shipped offline demo model (`assets/demo-model`) loads through the loader release checkpoints use, fits the
-size budget, and answers a fixed set of scenes and questions: the app's example images (every suggested question) and
-the reported held-out evaluation (docs/DEMO_MODEL.md), with margins on the closed-set probabilities."""
+size budget (a plain file a Space takes without Git LFS), and answers a fixed set of scenes and questions: the app's
+example images (every suggested question) and the reported held-out evaluation sets (docs/DEMO_MODEL.md), with margins
+on the closed-set probabilities."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from cobra_app.demo.conversations import make_eval_set
-from cobra_app.demo.evaluate import DEFAULT_SEED, evaluate_items, normalise, summarise, targets_met
+from cobra_app.demo.eval_report import normalise, storage_dtype
+from cobra_app.demo.eval_sets import DEFAULT_SEED, EVAL_SETS
+from cobra_app.demo.evaluate import evaluate_set
 from cobra_app.pipeline import load
 from cobra_app.ui.examples import load_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "assets" / "demo-model"
 EXAMPLES = ROOT / "assets" / "examples"
-MAX_WEIGHT_BYTES = 25 * 10**6
+MAX_WEIGHT_BYTES = 10 * 10**6  # the hub refuses plain files over 10 MB
 CLOSED_SET_MARGIN = 0.75  # P(right answer) over the Yes/No pair, for every closed-set example question
 EVALUATION_SIZE = 1200  # the reported evaluation: `python -m cobra_app eval-demo --n 1200` (seed DEFAULT_SEED)
 
@@ -31,7 +33,8 @@ def cobra():
 def test_ships_as_a_self_contained_model_directory_within_budget():
     names = {p.name for p in MODEL.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
-    assert (MODEL / "model.safetensors").stat().st_size <= MAX_WEIGHT_BYTES
+    assert all(p.stat().st_size <= MAX_WEIGHT_BYTES for p in MODEL.iterdir())
+    assert storage_dtype(MODEL / "model.safetensors") == "F16"
     assert json.loads((MODEL / "config.json").read_text())["model_id"] == "cobra-demo-synthetic"
 
 
@@ -56,13 +59,23 @@ def test_answers_the_suggested_existence_colour_and_shape_questions_about_the_ex
                 assert normalise(reply) == normalise(answer), (example.image.name, question, reply)
 
 
+# issue 23's targets that the shipped model (trained before the grammar, the styles and the absent-object answers)
+# misses (docs/DEMO_MODEL.md); strict: a model that meets one must drop it from here
+MISSED = {("original", "describe"), ("rendering", "exist"), ("rendering", "spatial"), ("absent", "all")} | {
+    ("templates", group) for group in EVAL_SETS["templates"].targets}
+TARGETS = [(name, group) for name, eval_set in EVAL_SETS.items() for group in eval_set.targets]
+
+
 @pytest.fixture(scope="module")
 def held_out(cobra):
-    items = make_eval_set(DEFAULT_SEED, EVALUATION_SIZE)
-    return targets_met(summarise(evaluate_items(cobra.vlm, cobra.tokenizer, items)))
+    """The reported evaluation of every set with targets: set -> group -> (accuracy, target, met)."""
+    return {name: evaluate_set(cobra.vlm, cobra.tokenizer, name, DEFAULT_SEED, EVALUATION_SIZE).met
+            for name in {name for name, _ in TARGETS}}
 
 
-@pytest.mark.parametrize("kind", ["exist", "colour", "shape", "count", "spatial"])
-def test_meets_the_accuracy_target_on_the_held_out_evaluation(held_out, kind):
-    accuracy, target, met = held_out[kind]
-    assert met, (kind, accuracy, target)
+@pytest.mark.parametrize("name, group", [
+    pytest.param(name, group, marks=pytest.mark.xfail(strict=True, reason="issue 23 open")) if (name, group) in MISSED
+    else (name, group) for name, group in TARGETS])
+def test_meets_the_accuracy_target_on_the_held_out_evaluation(held_out, name, group):
+    accuracy, target, met = held_out[name][group]
+    assert met, (name, group, accuracy, target)

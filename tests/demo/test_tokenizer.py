@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from cobra_app.demo.conversations import CLOSED_SETS, iter_training_examples
-from cobra_app.demo.tokenizer import OBJECT_NAMES, build_demo_tokenizer
+from cobra_app.demo.tokenizer import OBJECT_NAMES, OBJECT_PLURALS, RELATION_WORDS, build_demo_tokenizer
 
 TEXTS = (
     "<|user|>\nIs the red circle to the left of the blue square?<|endoftext|>\n<|assistant|>\n",
@@ -22,7 +22,7 @@ def tokenizer():
 
 
 def test_special_tokens_match_the_release(tokenizer):
-    assert len(tokenizer) == 1024
+    assert len(tokenizer) == 1280
     assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|padding|>"]) == [0, 1]
     assert tokenizer.eos_token_id == tokenizer.pad_token_id == 0
     assert "<|user|>" not in tokenizer.all_special_tokens and "<|assistant|>" not in tokenizer.all_special_tokens
@@ -52,12 +52,16 @@ def test_roundtrip_of_templates_and_free_text(tokenizer):
         "There", "Ġare", "Ġtwo", "Ġobjects", ":", "Ġa", "ĠredĠcircle", "Ġand", "Ġan", "ĠorangeĠcross", "."]
 
 
-def test_every_object_name_is_one_token_and_other_spellings_still_roundtrip(tokenizer):
-    for name in OBJECT_NAMES:
+def test_every_object_name_and_relation_phrase_is_one_token_and_other_spellings_still_roundtrip(tokenizer):
+    for name in (*OBJECT_NAMES, *OBJECT_PLURALS, *RELATION_WORDS):
         assert len(tokenizer(" " + name)["input_ids"]) == 1, name
-    for text in ("Is the red  circle here?", "red circles and a redcircle", "a square that is red", "Red Circle"):
+    assert RELATION_WORDS["under the"] == "below" and RELATION_WORDS["to the left side of the"] == "left of"
+    for text in ("Is the red  circle here?", "a redcircle", "a square that is red", "Red Circle", "shred circle",
+                 "moreover the square"):
         ids = tokenizer(text)["input_ids"]
         assert tokenizer.decode(ids) == text and len(ids) > 1
+    assert "overĠthe" not in tokenizer.tokenize(" moreover the")  # a phrase is never cut out of a longer word
+    assert "ĠoverĠthe" in tokenizer.tokenize(" over the")
 
 
 def test_build_is_deterministic(tokenizer):

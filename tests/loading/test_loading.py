@@ -197,6 +197,18 @@ def test_self_contained_model_dir_roundtrip(tmp_path):
     assert loaded.vlm.llm.lm_head.weight is loaded.vlm.llm.backbone.embedding.weight
 
 
+def test_model_dir_stored_in_fp16_loads_as_the_fp16_rounded_weights_in_fp32(tmp_path):
+    vlm, tokenizer = make_tiny_vlm()
+    full = save_model_dir(vlm, tokenizer, tmp_path / "fp32")
+    half = save_model_dir(vlm, tokenizer, tmp_path / "fp16", storage_dtype=torch.float16)
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = load(half, device="cpu", dtype="float32").vlm
+    for name, value in vlm.state_dict().items():
+        stored = loaded.state_dict()[name]
+        assert stored.dtype == value.dtype == torch.float32 or not value.is_floating_point(), name
+        assert torch.equal(stored, value.half().float() if value.is_floating_point() else value), name
+
+
 def test_model_dir_from_a_hub_path(hub_cache, tiny, tmp_path, network_calls):
     vlm, tokenizer = tiny
     publish(hub_cache, save_model_dir(vlm, tokenizer, tmp_path / "tiny-cobra"), "someone/tiny-cobra")

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from cobra_app.__main__ import main as cli_main
-from cobra_app.demo.conversations import QA, TRUE_FALSE_PROMPT, make_eval_set
+from cobra_app.demo.conversations import QA, make_eval_set
 from cobra_app.demo.evaluate import DEFAULT_SEED, evaluate_items
+from cobra_app.demo.phrasing import TRUE_FALSE_PROMPT
 from cobra_app.demo.scenes import render
 from cobra_app.probe.make_suites import example_scenes, statement_of, suite_from_demo_items
 from cobra_app.probe.scoring import answers_for, closed_set_prompt, encode_image, predict, score_prompt

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobra_app.demo.conversations import POPE_SPLITS, TRUE_FALSE_PROMPT
+from cobra_app.demo.conversations import POPE_SPLITS
+from cobra_app.demo.phrasing import TRUE_FALSE_PROMPT
 from cobra_app.demo.scenes import RELATIONS
 from cobra_app.probe import load_suite
 from cobra_app.probe.make_suites import main as make_suites_main

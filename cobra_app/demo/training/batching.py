@@ -73,13 +73,13 @@ def make_batch(
     rows: Sequence[tuple[int, list[QA]]],
     tokens: TurnTokenizer,
     image_transform,
-    image_size: int,
     min_chunk: int = 8,
     pad_id: int | None = None,
 ) -> Batch:
-    """scenes + rows (scene index, turns) -> a Batch. Images are rendered at `image_size` and transformed exactly as
-    at inference (`vlm.image_transform`); with `image_transform` None they are not rendered (no pixel values)."""
-    pixels = [image_transform(render(scene, image_size)) for scene in scenes] if image_transform else []
+    """scenes + rows (scene index, turns) -> a Batch. Images are rendered (at their style's resolution) and
+    transformed exactly as at inference (`vlm.image_transform`); with `image_transform` None they are not rendered (no
+    pixel values)."""
+    pixels = [image_transform(render(scene)) for scene in scenes] if image_transform else []
     pixel_values = {name: torch.stack([p[name] for p in pixels]) for name in pixels[0]} if pixels else {}
     unsorted = [(scene_idx, *encode_turns(turns, tokens)) for scene_idx, turns in rows]
     order = sorted(range(len(unsorted)), key=lambda r: -len(unsorted[r][1]))  # stable: ties keep their order
@@ -92,7 +92,7 @@ def make_batch(
         ids[r, : len(row_ids)] = torch.tensor(row_ids)
         labels[r, : len(row_ids)] = torch.tensor(labels_for(row_ids, assistant))
     row_scene = torch.tensor([scene_idx for scene_idx, _, _ in encoded])
-    inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, 3, pairs]
+    inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, rows, pairs]
     return Batch(pixel_values, inventories, row_scene, ids, labels, lengths, chunk_plan(lengths, min_chunk), order,
                  *lookup_targets(inventories, row_scene, ids, labels, lengths, tokens))
 
@@ -102,10 +102,10 @@ class BatchStream:
     `cfg.oracle_steps` batches carry no pixel values: the oracle stage reads `OracleTokens` in place of the images, so
     rendering them would only cost time (about 0.04 s a step)."""
 
-    def __init__(self, seed: int, tokens: TurnTokenizer, image_transform, image_size: int, cfg: TrainConfig):
+    def __init__(self, seed: int, tokens: TurnTokenizer, image_transform, cfg: TrainConfig):
         self.examples = iter_training_examples(seed)
         self.rng = np.random.default_rng([seed, 1])  # row-format choices
-        self.tokens, self.image_transform, self.image_size, self.cfg = tokens, image_transform, image_size, cfg
+        self.tokens, self.image_transform, self.cfg = tokens, image_transform, cfg
         self.served = 0  # batches so far
 
     def __iter__(self) -> Iterator[Batch]:
@@ -121,4 +121,4 @@ class BatchStream:
             scenes.append(scene)
         transform = self.image_transform if self.served >= self.cfg.oracle_steps else None
         self.served += 1
-        return make_batch(scenes, rows, self.tokens, transform, self.image_size, self.cfg.min_chunk)
+        return make_batch(scenes, rows, self.tokens, transform, self.cfg.min_chunk)

@@ -11,8 +11,8 @@ class TrainConfig:
     """Training hyper-parameters (defaults: the shipped model's recipe)."""
 
     seed: int = 0
-    steps: int = 4000  # optimizer steps of the cosine schedule (stage 2, the oracle stage included)
-    max_minutes: float = 45.0  # hard wall-clock budget (model building and saving included)
+    steps: int = 5000  # optimizer steps of the cosine schedule (stage 2, the oracle stage included)
+    max_minutes: float = 60.0  # hard wall-clock budget (model building and saving included)
     rows_per_batch: int = 48  # question rows per step (scenes are added whole until this is reached)
     multi_turn_prob: float = 0.3  # share of multi-turn conversations kept whole (the rest: one row per question)
     lr: float = 2e-3
@@ -29,7 +29,7 @@ class TrainConfig:
     n_layer: int | None = None
     d_state: int | None = None
     # stage 1, the vision warm-up (the release starts from pretrained DINOv2 / SigLIP; ours start from scratch)
-    vision_steps: int = 1500
+    vision_steps: int = 1800
     vision_lr: float = 1e-3
     vision_images: int = 64  # scenes per vision warm-up step
     # the oracle stage: the first `oracle_steps` of stage 2 read perfect vision (OracleTokens) instead of the images;

@@ -1,4 +1,5 @@
-"""A scene as one target (which of the (shape, colour) pairs are present, and where), read by every warm-up head."""
+"""A scene as one target (which of the (shape, colour) pairs are present, where, and in which place from the left),
+read by every warm-up head and the oracle."""
 
 from __future__ import annotations
 
@@ -6,15 +7,20 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
-from cobra_app.demo.scenes import PAIRS, Scene
+from cobra_app.demo.scenes import MAX_OBJECTS, PAIRS, Scene
+
+RANK = slice(3, 3 + MAX_OBJECTS)  # inventory rows: presence, x, y, then the one-hot place from the left
+INVENTORY_ROWS = RANK.stop
 
 
 def scene_inventory(scene: Scene) -> np.ndarray:
-    """The whole scene as one target [3, len(PAIRS)]: presence of each (shape, colour) pair, and its centre x, y."""
-    inventory = np.zeros((3, len(PAIRS)), dtype=np.float32)
-    for o in scene.objects:
+    """The whole scene as one target [INVENTORY_ROWS, len(PAIRS)]: presence of each (shape, colour) pair, its centre
+    x, y, and its place in the left-to-right order (one-hot; the order descriptions name the objects in)."""
+    inventory = np.zeros((INVENTORY_ROWS, len(PAIRS)), dtype=np.float32)
+    for place, o in enumerate(scene.left_to_right()):
         k = PAIRS.index((o.shape, o.colour))
-        inventory[:, k] = (1.0, o.x, o.y)
+        inventory[:3, k] = (1.0, o.x, o.y)
+        inventory[RANK.start + place, k] = 1.0
     return inventory
 
 
@@ -23,5 +29,13 @@ def object_errors(predicted: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     cross-entropy [...], squared centre error [...], 0 where the object is absent)."""
     present = target[..., 0]
     presence = F.binary_cross_entropy_with_logits(predicted[..., 0], present, reduction="none")
-    where = ((predicted[..., 1:] - target[..., 1:]) ** 2).sum(-1) * present
+    where = ((predicted[..., 1:3] - target[..., 1:3]) ** 2).sum(-1) * present
     return presence, where
+
+
+def rank_errors(predicted: Tensor, target: Tensor) -> Tensor:
+    """predicted [..., MAX_OBJECTS] logits of the place from the left, target [..., INVENTORY_ROWS] -> cross-entropy
+    [...], 0 where the object is absent."""
+    present = target[..., 0]
+    place = target[..., RANK].argmax(-1)
+    return F.cross_entropy(predicted.flatten(0, -2), place.flatten(), reduction="none").view_as(present) * present

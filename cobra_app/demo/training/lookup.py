@@ -11,33 +11,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cobra_app.demo.conversations import RELATION_PHRASES, plural
-from cobra_app.demo.scenes import COLOURS, PAIRS, RELATIONS, SHAPES
+from cobra_app.demo.conversations import plural
+from cobra_app.demo.scenes import COLOURS, MAX_OBJECTS, PAIRS, RELATIONS, SHAPES
 from cobra_app.demo.tokenizer import RELATION_WORDS
-from cobra_app.demo.training.inventory import object_errors
+from cobra_app.demo.training.inventory import RANK, object_errors
 from cobra_app.demo.training.rows import IGNORE
 from cobra_app.prompting import TurnTokenizer
 
-# The look-up targets at a text token, by slot (LookupHeads): for an object name (" red square"), whether that object
-# is in the scene and its centre; for a shape word (" square", " squares"), which colours that shape has in the scene;
-# for a colour word (" red"), which shapes have that colour.
+# The look-up targets at a text token, by slot (LookupHeads): for an object name (" red square", " red squares"),
+# whether that object is in the scene, its centre and its place from the left; for a shape word (" square",
+# " squares"), which colours that shape has in the scene; for a colour word (" red"), which shapes have that colour.
 PRESENT, CENTRE, COLOURS_OF_SHAPE, SHAPES_OF_COLOUR = slice(0, 1), slice(1, 3), slice(3, 9), slice(9, 14)
-LOOKUP_SLOTS = 14
+PLACE = slice(14, 14 + MAX_OBJECTS)
+LOOKUP_SLOTS = PLACE.stop
 assert (COLOURS_OF_SHAPE.stop - COLOURS_OF_SHAPE.start, SHAPES_OF_COLOUR.stop - SHAPES_OF_COLOUR.start) == (
     len(COLOURS), len(SHAPES)) and list(PAIRS) == [(s, c) for s in SHAPES for c in COLOURS]
-assert list(RELATION_PHRASES) == list(RELATIONS)  # RELATION_WORDS are in RELATIONS' order
 
 
 @cache
 def token_keys(tokens: TurnTokenizer) -> Tensor:
     """[vocab, 4] what each token names: (index in PAIRS, in SHAPES, in COLOURS, in RELATIONS), -1 where it names none
-    of these. Object names, shape words (singular and plural), colour words and relation phrases (" above the") are
-    single tokens of the demo tokenizer."""
+    of these. Object names (singular and plural), shape words (singular and plural), colour words and relation
+    phrases (" above the", " under the") are single tokens of the demo tokenizer."""
     keys = torch.full((len(tokens.tokenizer), 4), -1, dtype=torch.long)
-    entries = [(0, k, f"{colour} {shape}") for k, (shape, colour) in enumerate(PAIRS)]
+    entries = [(0, k, f"{colour} {name}") for k, (shape, colour) in enumerate(PAIRS) for name in (shape, plural(shape))]
     entries += [(1, k, word) for k, shape in enumerate(SHAPES) for word in (shape, plural(shape))]
     entries += [(2, k, colour) for k, colour in enumerate(COLOURS)]
-    entries += [(3, k, word) for k, word in enumerate(RELATION_WORDS)]
+    entries += [(3, list(RELATIONS).index(relation), word) for word, relation in RELATION_WORDS.items()]
     for column, k, word in entries:
         (token,) = tokens.tokenizer(" " + word, add_special_tokens=False)["input_ids"]
         keys[token, column] = k
@@ -46,19 +46,22 @@ def token_keys(tokens: TurnTokenizer) -> Tensor:
 
 def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, labels: Tensor, lengths: Sequence[int],
                    tokens: TurnTokenizer) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """inventories [S, 3, pairs] (`scene_inventory`), row_scene [R], ids and labels [R, L] -> the Batch's (lookup,
-    lookup_mask, offsets, offset_mask, verdicts, verdict_mask)."""
+    """inventories [S, INVENTORY_ROWS, pairs] (`scene_inventory`), row_scene [R], ids and labels [R, L] -> the Batch's
+    (lookup, lookup_mask, offsets, offset_mask, verdicts, verdict_mask)."""
     R, L = ids.shape
     inside = torch.arange(L) < torch.tensor(lengths)[:, None]  # [R, L]
     pair, shape, colour, relation = (k.masked_fill(~inside, -1) for k in token_keys(tokens)[ids].unbind(-1))  # [R, L]
-    scene = inventories[row_scene]  # [R, 3, pairs]
-    named = scene[torch.arange(R)[:, None], :, pair.clamp(min=0)]  # [R, L, 3] (present, x, y) of the named object
+    scene = inventories[row_scene]  # [R, INVENTORY_ROWS, pairs]
+    entry = scene[torch.arange(R)[:, None], :, pair.clamp(min=0)]  # [R, L, INVENTORY_ROWS] of the named object
+    named = entry[..., :3]  # [R, L, 3] (present, x, y)
     grid = scene[:, 0].unflatten(-1, (len(SHAPES), len(COLOURS)))  # [R, shapes, colours] presence
     lookup = torch.zeros(R, L, LOOKUP_SLOTS)
     mask = torch.zeros(R, L, LOOKUP_SLOTS, dtype=torch.bool)
     lookup[..., :3] = named
     mask[..., PRESENT] = (pair >= 0)[..., None]
     mask[..., CENTRE] = ((pair >= 0) & (named[..., 0] > 0))[..., None]
+    lookup[..., PLACE] = entry[..., RANK]
+    mask[..., PLACE] = ((pair >= 0) & (named[..., 0] > 0))[..., None]
     lookup[..., COLOURS_OF_SHAPE] = grid[torch.arange(R)[:, None], shape.clamp(min=0)]  # [R, L, colours]
     mask[..., COLOURS_OF_SHAPE] = (shape >= 0)[..., None]
     lookup[..., SHAPES_OF_COLOUR] = grid.transpose(1, 2)[torch.arange(R)[:, None], colour.clamp(min=0)]
@@ -85,8 +88,9 @@ def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, labels: 
 
 class LookupHeads(nn.Module):
     """Stage 2's auxiliary read-outs (discarded after training), at the tokens that name things:
-    - after block `lookup_layer`, at an object name ("red square"): is it in the image, and where is its centre; at a
-      shape word ("square"): which colours that shape has in the image; at a colour word: which shapes are that colour;
+    - after block `lookup_layer`, at an object name ("red square"): is it in the image, where is its centre, and its
+      place from the left; at a shape word ("square"): which colours that shape has in the image; at a colour word:
+      which shapes are that colour;
     - after block `offset_layer`, at an object name: its centre minus that of the object named just before it, and
       after a relation word ("A left of B", at B) how far the relation holds along its axis (> 0: it holds);
     - after block `verdict_layer`, from B through the position that predicts the reply: whether the relation holds.

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cobra_app.demo.conversations import make_eval_set
 from cobra_app.demo.model_config import demo_config
 from cobra_app.demo.tokenizer import build_demo_tokenizer
 from cobra_app.demo.training.batching import Batch, BatchStream
@@ -20,7 +19,7 @@ from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.forward import batch_loss
 from cobra_app.demo.training.lookup import LookupHeads
 from cobra_app.demo.training.model_init import build_model
-from cobra_app.demo.training.monitor import MONITOR_SEED, monitor_accuracy
+from cobra_app.demo.training.monitor import monitor_accuracy, monitor_items
 from cobra_app.demo.training.oracle import OracleTokens, warm_up_projector
 from cobra_app.demo.training.saving import StepLog, TrainResult, save
 from cobra_app.demo.training.schedule import Budget, BudgetedCosine, param_groups
@@ -97,9 +96,8 @@ def train(
     tokens = TurnTokenizer(tokenizer, get_prompt_builder(config.prompt_format))
     vlm = build_model(config, cfg.seed).train()
     vision_log = warm_up_vision(vlm, cfg, progress, budget.deadline) if cfg.vision_steps else []
-    image_size = config.vision.image_size
-    stream = BatchStream(cfg.seed, tokens, vlm.image_transform, image_size, cfg)
-    monitor_items = make_eval_set(MONITOR_SEED, cfg.monitor_items) if cfg.monitor_every else []
+    stream = BatchStream(cfg.seed, tokens, vlm.image_transform, cfg)
+    held_out = monitor_items(cfg.monitor_items) if cfg.monitor_every else []
     heads, oracle, optimizer = stage_two_parts(vlm, config, cfg)
     stopped_by, ema = "steps", None
     schedule = BudgetedCosine(cfg, budget)
@@ -122,7 +120,7 @@ def train(
                      "rows": len(batch.lengths), "scenes": int(batch.row_scene.max()) + 1,
                      "tokens": batch.num_label_tokens, "elapsed_s": round(time.monotonic() - budget.start, 2)}
             if cfg.monitor_every and ((step + 1) % cfg.monitor_every == 0 or step + 1 == cfg.steps):
-                entry["monitor"] = monitor_accuracy(vlm, monitor_items, tokens, image_size, on_oracle)
+                entry["monitor"] = monitor_accuracy(vlm, held_out, tokens, on_oracle)
                 tqdm.write(f"step {step + 1}: loss(ema) {ema:.4f} held-out teacher-forced accuracy "
                            + " ".join(f"{k} {v:.2f}" for k, v in entry["monitor"].items()), file=sys.stderr)
             log.append(entry)

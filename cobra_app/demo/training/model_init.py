@@ -6,7 +6,7 @@ import torch
 
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 
-EMBEDDING_INIT_STD = 0.1  # transformers' Mamba default; mamba_ssm's 0.02 does not learn recall in budget (DEMO_MODEL.md)
+EMBEDDING_INIT_STD = 0.1  # transformers' Mamba default; at mamba_ssm's 0.02 recall is not learned in budget (docs)
 
 
 def build_model(config: CobraConfig, seed: int) -> CobraVLM:

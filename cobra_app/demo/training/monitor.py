@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from cobra_app.demo.conversations import QA, make_eval_set
+from cobra_app.demo.phrasing import TRAINING
+from cobra_app.demo.scenes import Scene
 from cobra_app.demo.training.batching import make_batch
 from cobra_app.demo.training.forward import batch_logits
 from cobra_app.demo.training.oracle import OracleTokens
@@ -12,27 +17,35 @@ from cobra_app.model.cobra import CobraVLM
 from cobra_app.prompting import TurnTokenizer
 
 MONITOR_SEED = 777  # held-out scenes for the accuracy printed during training (not the reported evaluation)
+MONITOR_PHRASING = dataclasses.replace(TRAINING, original_share=0.0)  # training's wording and looks, on other scenes
+
+
+def monitor_items(n: int) -> list[tuple[Scene, QA]]:
+    """`n` held-out items drawn like training's (grammar wording with its surface variation, absent objects, the
+    "train" rendering family), from another seed stream: the monitor never reads a held-out template or family."""
+    return make_eval_set(MONITOR_SEED, n, phrasing=MONITOR_PHRASING, rendering="train")
 
 
 @torch.no_grad()
-def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, image_size: int,
-                     oracle: OracleTokens | None = None, batch_rows: int = 60) -> dict:
+def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, oracle: OracleTokens | None = None,
+                     batch_rows: int = 60) -> dict:
     """Teacher-forced exact match on single-turn held-out items: a reply is right when the arg-max at every reply
-    position (its EOS included) is the reference token, i.e. when greedy decoding reproduces it. Per kind. With
-    `oracle`, the images are read through its tokens (the oracle stage)."""
+    position (its EOS included) is the reference token, i.e. when greedy decoding reproduces it. Per kind (questions
+    about absent objects apart). With `oracle`, the images are read through its tokens (the oracle stage)."""
     was_training = vlm.training
     vlm.eval()
     hits: dict[str, list[bool]] = {}
     for i in range(0, len(items), batch_rows):
         chunk = items[i : i + batch_rows]
         batch = make_batch([s for s, _ in chunk], [(j, [qa]) for j, (_, qa) in enumerate(chunk)], tokens,
-                           vlm.image_transform, image_size, min_chunk=1)
+                           vlm.image_transform, min_chunk=1)
         ok = torch.ones(len(chunk), dtype=torch.bool)
         for start, end, active, logits in batch_logits(vlm, batch, oracle(batch.inventories) if oracle else None):
             labels = batch.labels[:active, start:end]
             wrong = (logits.argmax(-1) != labels) & (labels != IGNORE)
             ok[:active] &= ~wrong.any(-1)
         for r, j in enumerate(batch.order):
-            hits.setdefault(chunk[j][1].kind, []).append(bool(ok[r]))
+            qa = chunk[j][1]
+            hits.setdefault("absent" if "absent" in qa.tags else qa.kind, []).append(bool(ok[r]))
     vlm.train(was_training)
     return {kind: sum(v) / len(v) for kind, v in sorted(hits.items())}

@@ -12,25 +12,26 @@ from tqdm import tqdm
 
 from cobra_app.demo.scenes import PAIRS
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import scene_inventory
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, scene_inventory
 from cobra_app.demo.training.model_init import EMBEDDING_INIT_STD
 from cobra_app.demo.training.vision_warm_up import PROJECTOR_STREAM, warm_up_scenes
 from cobra_app.model.cobra import CobraVLM
 
 
 class OracleTokens(nn.Module):
-    """The oracle stage's image tokens (discarded after training): perfect vision. Each scene's inventory [3, pairs]
-    -> [P, d]: one linear map of the whole inventory at every patch, plus a learned embedding per patch."""
+    """The oracle stage's image tokens (discarded after training): perfect vision. Each scene's inventory
+    [INVENTORY_ROWS, pairs] -> [P, d]: one linear map of the whole inventory at every patch, plus a learned embedding
+    per patch."""
 
     def __init__(self, num_patches: int, d_model: int) -> None:
         super().__init__()
-        self.inventory = nn.Linear(3 * len(PAIRS), d_model)
+        self.inventory = nn.Linear(INVENTORY_ROWS * len(PAIRS), d_model)
         self.position = nn.Parameter(torch.randn(num_patches, d_model) * EMBEDDING_INIT_STD)
         nn.init.normal_(self.inventory.weight, std=EMBEDDING_INIT_STD)
         nn.init.zeros_(self.inventory.bias)
 
     def forward(self, inventories: Tensor) -> Tensor:
-        """inventories [S, 3, pairs] -> image tokens [S, P, d]."""
+        """inventories [S, INVENTORY_ROWS, pairs] -> image tokens [S, P, d]."""
         return self.inventory(inventories.flatten(1))[:, None] + self.position
 
 

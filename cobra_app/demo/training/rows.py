@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import numpy as np
 
-from cobra_app.demo.conversations import FOLLOW_UPS, QA
+from cobra_app.demo.conversations import QA
 from cobra_app.prompting import TurnTokenizer
 
 IGNORE = -100  # label of positions without loss
-
-_FOLLOW_UP_RE = re.compile(
-    "|".join("^" + re.sub(r"\\\{\w+\\\}", ".+", re.escape(t)) + "$" for ts in FOLLOW_UPS.values() for t in ts)
-)
-
-
-def is_follow_up(question: str) -> bool:
-    """Whether a question is a short follow-up ("And the square?") that only makes sense after an earlier turn."""
-    return bool(_FOLLOW_UP_RE.match(question))
-
 
 def encode_turns(turns: Sequence[QA], tokens: TurnTokenizer) -> tuple[list[int], list[bool]]:
     """A conversation's text ids (per-turn Zephyr tokenization, as at inference) and which ids are assistant tokens."""
@@ -47,4 +36,4 @@ def rows_for_conversation(conversation: Sequence[QA], rng: np.random.Generator, 
     and are dropped there)."""
     if len(conversation) > 1 and rng.random() < multi_turn_prob:
         return [list(conversation)]
-    return [[qa] for qa in conversation if not is_follow_up(qa.question)] or [[conversation[0]]]
+    return [[qa] for qa in conversation if not qa.follow_up] or [[conversation[0]]]

@@ -1,7 +1,8 @@
-"""A finished run on disk: the model directory (fp32 safetensors and tokenizer) and the run's settings and outcome."""
+"""A finished run on disk: the model directory (fp16 safetensors and tokenizer) and the run's settings and outcome."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from cobra_app.model.cobra import CobraVLM
 
 LOG_FILE = "train_log.jsonl"  # one JSON object per optimizer step, written next to the model
 INFO_FILE = "training.json"  # the run's settings and outcome, written next to the model
+STORAGE_DTYPE = torch.float16  # halves the file (<= 10 MB: a Space takes it without Git LFS); compute stays fp32
 
 
 @dataclass
@@ -54,10 +56,11 @@ class StepLog:
 
 
 def save(result: TrainResult, cfg: TrainConfig, tokenizer, out_dir: Path, train_seconds: float, command: str) -> Path:
-    """Write the model directory (fp32 safetensors) and the run info next to the loss log."""
+    """Write the model directory (weights stored in STORAGE_DTYPE, read back as fp32) and the run info next to the
+    loss log."""
     from cobra_app.loading import save_model_dir  # here: loading imports transformers/hub machinery
 
-    save_model_dir(result.vlm, tokenizer, out_dir)
+    save_model_dir(result.vlm, tokenizer, out_dir, storage_dtype=STORAGE_DTYPE)
     losses = [e["loss"] for e in result.log]
     info = {
         "command": command,
@@ -68,6 +71,7 @@ def save(result: TrainResult, cfg: TrainConfig, tokenizer, out_dir: Path, train_
         "train_loop_seconds": round(train_seconds, 1),
         "parameters": sum(p.numel() for p in result.vlm.parameters()),
         "weights_bytes": (out_dir / "model.safetensors").stat().st_size,
+        "weights_sha256": hashlib.sha256((out_dir / "model.safetensors").read_bytes()).hexdigest(),
         "vision_warm_up_loss_last_50": _mean([e["loss"] for e in result.vision_log if "vision_step" in e][-50:]),
         "projector_warm_up_loss_last_50": _mean([e["loss"] for e in result.vision_log if "projector_step" in e][-50:]),
         "loss_first_50": _mean(losses[:50]),

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_scene
+from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_training_scene
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import object_errors, scene_inventory
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, RANK, object_errors, rank_errors, scene_inventory
 from cobra_app.demo.training.schedule import lr_at
 from cobra_app.model.cobra import CobraVLM
 
@@ -38,29 +38,36 @@ def patch_targets(scene: Scene, image_size: int, grid: int) -> tuple[np.ndarray,
 
 class WarmUpHead(nn.Module):
     """Linear read-outs of the vision warm-up (discarded afterwards), applied to every patch: the shape and colour
-    under the patch, and the scene's whole inventory (which pairs are present, and where)."""
+    under the patch, and the scene's whole inventory (which pairs are present, where, and their order from the
+    left)."""
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
         self.patch = nn.Linear(embed_dim, len(SHAPE_CLASSES) + len(COLOUR_CLASSES))
-        self.inventory = nn.Linear(embed_dim, 3 * len(PAIRS))
+        self.inventory = nn.Linear(embed_dim, INVENTORY_ROWS * len(PAIRS))
 
     def loss(self, features: Tensor, shapes: Tensor, colours: Tensor, inventory: Tensor) -> Tensor:
-        """features [B, P, C]; shapes, colours [B, P] class indices; inventory [B, 3, len(PAIRS)] -> summed losses
-        (cross-entropies, presence binary cross-entropy, squared error of present pairs' centres)."""
+        """features [B, P, C]; shapes, colours [B, P] class indices; inventory [B, INVENTORY_ROWS, len(PAIRS)] ->
+        summed losses (cross-entropies, presence binary cross-entropy, squared error of present pairs' centres,
+        cross-entropy of their place from the left)."""
         shape_logits, colour_logits = self.patch(features).split([len(SHAPE_CLASSES), len(COLOUR_CLASSES)], dim=-1)
-        predicted = self.inventory(features).unflatten(-1, (3, len(PAIRS))).transpose(-1, -2)  # [B, P, pairs, 3]
-        presence, where = object_errors(predicted, inventory.transpose(-1, -2)[:, None].expand_as(predicted))
+        predicted = self.inventory(features).unflatten(-1, (INVENTORY_ROWS, len(PAIRS))).transpose(-1, -2)
+        target = inventory.transpose(-1, -2)[:, None].expand_as(predicted)  # [B, P, pairs, INVENTORY_ROWS]
+        presence, where = object_errors(predicted, target)
+        places = rank_errors(predicted[..., RANK], target)
+        per_object = inventory[:, None, 0].sum(-1)  # [B, 1] objects in each scene
         return (F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
                 + F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten())
                 + presence.mean() * len(PAIRS) / 4
-                + 10 * (where.sum(-1) / inventory[:, None, 0].sum(-1)).mean())
+                + 10 * (where.sum(-1) / per_object).mean()
+                + (places.sum(-1) / per_object).mean())
 
 
 def warm_up_scenes(rng: np.random.Generator, vlm: CobraVLM, n: int) -> tuple[list[Scene], dict[str, Tensor]]:
-    """n fresh scenes and their pixel values, rendered and transformed as at inference."""
-    scenes = [sample_scene(rng) for _ in range(n)]
-    pixels = [vlm.image_transform(render(scene, vlm.config.vision.image_size)) for scene in scenes]
+    """n fresh training scenes (`sample_training_scene`) and their pixel values, rendered and transformed as at
+    inference."""
+    scenes = [sample_training_scene(rng) for _ in range(n)]
+    pixels = [vlm.image_transform(render(scene)) for scene in scenes]
     return scenes, {name: torch.stack([p[name] for p in pixels]) for name in pixels[0]}
 
 

@@ -29,8 +29,8 @@ def test_oracle_stage_batches_are_not_rendered_and_the_stream_is_otherwise_the_s
     config = tiny_config(len(tokenizer))
     vlm = build_model(config, seed=0)
     cfg = TrainConfig(rows_per_batch=6, oracle_steps=2)
-    oracle_first = BatchStream(0, tokens, vlm.image_transform, config.vision.image_size, cfg)
-    plain = BatchStream(0, tokens, vlm.image_transform, config.vision.image_size,
+    oracle_first = BatchStream(0, tokens, vlm.image_transform, cfg)
+    plain = BatchStream(0, tokens, vlm.image_transform,
                           dataclasses.replace(cfg, oracle_steps=0))
     batches = [(next(oracle_first), next(plain)) for _ in range(3)]
     for step, (batch, reference) in enumerate(batches):

@@ -20,7 +20,7 @@ def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, token
     vlm = build_model(config, seed=0)
     examples = [ex for ex, _ in zip(iter_training_examples(3), range(4))]
     rows = [(i, turns) for i, (_, conv) in enumerate(examples) for turns in ([conv[:1]] + [conv] * (len(conv) > 1))]
-    batch = make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform, config.vision.image_size,
+    batch = make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform,
                          min_chunk=4)
     assert len(batch.chunks) > 1 and batch.lengths == sorted(batch.lengths, reverse=True)
     loss = batch_loss(vlm, batch)
@@ -29,7 +29,7 @@ def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, token
     for scene_idx, turns in rows:
         ids, assistant = encode_turns(turns, tokens)
         labels = torch.tensor(labels_for(ids, assistant))
-        pixels = vlm.image_transform(render(examples[scene_idx][0], config.vision.image_size))
+        pixels = vlm.image_transform(render(examples[scene_idx][0]))
         logits = vlm({k: v[None] for k, v in pixels.items()}, torch.tensor([ids]))[0]
         total += F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum").item()
         count += int((labels != IGNORE).sum())
@@ -44,7 +44,7 @@ def test_lookup_loss_of_a_chunked_batch_equals_one_sequence_per_row(tokenizer, t
     heads = LookupHeads(config.llm.d_model, lookup_layer=0, offset_layer=1, verdict_layer=1, weight=0.5)
     examples = [ex for ex, _ in zip(iter_training_examples(3), range(6))]
     rows = [(i, conv) for i, (_, conv) in enumerate(examples)]
-    batch = make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform, config.vision.image_size,
+    batch = make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform,
                          min_chunk=2)
     assert batch.lookup_mask.any(-1).sum() > 3 and batch.offset_mask[..., 2].sum() > 0 and len(batch.chunks) > 1
     assert batch.verdict_mask.sum() > batch.offset_mask[..., 2].sum()  # verdicts are carried past their statement
@@ -57,7 +57,7 @@ def test_lookup_loss_of_a_chunked_batch_equals_one_sequence_per_row(tokenizer, t
     for r, row in enumerate(batch.order):
         scene_idx, turns = rows[row]
         ids, _ = encode_turns(turns, tokens)
-        pixels = vlm.image_transform(render(examples[scene_idx][0], config.vision.image_size))
+        pixels = vlm.image_transform(render(examples[scene_idx][0]))
         vlm({k: v[None] for k, v in pixels.items()}, torch.tensor([ids]))
         text = {layer: stream[:, -len(ids):] for layer, stream in streams.items()}  # the text positions
         total += heads.loss(text, *(t[r : r + 1, : len(ids)] for t in batch.lookup_targets)).item()
@@ -71,7 +71,7 @@ def test_batch_loss_reads_given_image_tokens_in_place_of_the_images(tokenizer, t
     vlm = build_model(config, seed=0)
     examples = [ex for ex, _ in zip(iter_training_examples(5), range(3))]
     batch = make_batch([s for s, _ in examples], [(i, conv) for i, (_, conv) in enumerate(examples)], tokens,
-                         vlm.image_transform, config.vision.image_size)
+                         vlm.image_transform)
     encoded = vlm.encode_images(batch.pixel_values)
     assert batch_loss(vlm, batch, image_embeds=encoded).item() == batch_loss(vlm, batch).item()
     other = batch_loss(vlm, batch, image_embeds=torch.zeros_like(encoded)).item()

@@ -7,13 +7,14 @@ import torch
 from cobra_app.demo.model_config import tiny_config
 from cobra_app.demo.scenes import PAIRS
 from cobra_app.demo.training.config import TrainConfig
+from cobra_app.demo.training.inventory import INVENTORY_ROWS
 from cobra_app.demo.training.model_init import build_model
 from cobra_app.demo.training.oracle import OracleTokens, warm_up_projector
 
 
 def test_oracle_tokens_encode_the_inventory_the_same_at_every_patch():
     oracle = OracleTokens(num_patches=4, d_model=8)
-    inventories = torch.rand(2, 3, len(PAIRS))
+    inventories = torch.rand(2, INVENTORY_ROWS, len(PAIRS))
     tokens = oracle(inventories)  # [2, 4, 8]
     assert tokens.shape == (2, 4, 8)
     assert torch.allclose(tokens - oracle.position, (tokens - oracle.position)[:, :1].expand(-1, 4, -1))

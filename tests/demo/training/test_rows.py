@@ -4,9 +4,10 @@ context."""
 import numpy as np
 
 from cobra_app.demo.conversations import QA
-from cobra_app.demo.training.rows import IGNORE, encode_turns, is_follow_up, labels_for, rows_for_conversation
+from cobra_app.demo.training.rows import IGNORE, encode_turns, labels_for, rows_for_conversation
 
-TWO_TURNS = [QA("What colour is the circle?", "Red.", "colour"), QA("And the square?", "Blue.", "colour")]
+TWO_TURNS = [QA("What colour is the circle?", "Red.", "colour"),
+             QA("And the square?", "Blue.", "colour", follow_up=True)]
 
 
 def test_rows_use_the_inference_turn_format(tokens):
@@ -32,11 +33,6 @@ def test_loss_mask_covers_exactly_the_assistant_tokens_and_their_eos(tokens):
     user_positions = {t for t, a in enumerate(assistant) if not a}
     assert not user_positions & set(targets)
     assert labels[-1] == IGNORE
-
-
-def test_follow_ups_are_recognised():
-    assert is_follow_up("And the square?") and is_follow_up("What about a red circle?")
-    assert not is_follow_up("What colour is the square?") and not is_follow_up("What is in the image?")
 
 
 def test_rows_keep_follow_ups_in_context():

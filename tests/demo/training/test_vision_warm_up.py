@@ -6,6 +6,7 @@ import torch
 from cobra_app.demo.model_config import tiny_config
 from cobra_app.demo.scenes import PAIRS, Scene, SceneObject
 from cobra_app.demo.training.config import TrainConfig
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, RANK
 from cobra_app.demo.training.model_init import build_model
 from cobra_app.demo.training.vision_warm_up import (
     COLOUR_CLASSES,
@@ -28,19 +29,19 @@ def test_patch_targets_name_the_object_under_each_patch():
     assert ((shapes == 0) == (colours == 0)).all()
 
 
-def test_warm_up_inventory_loss_scores_the_centres_of_present_pairs_only():
+def test_warm_up_inventory_loss_scores_the_centres_and_places_of_present_pairs_only():
     torch.manual_seed(0)
     head = WarmUpHead(embed_dim=8)
     features, shapes, colours = torch.randn(1, 4, 8), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)
-    inventory = torch.zeros(1, 3, len(PAIRS))
-    inventory[0, :, 3] = torch.tensor([1.0, 0.2, 0.7])  # one present pair
+    inventory = torch.zeros(1, INVENTORY_ROWS, len(PAIRS))
+    inventory[0, :4, 3] = torch.tensor([1.0, 0.2, 0.7, 1.0])  # one present pair, first from the left
     base = head.loss(features, shapes, colours, inventory)
-    with torch.no_grad():
-        head.inventory.bias[len(PAIRS) + 5] += 1.0  # x of an absent pair: not scored
-    assert torch.equal(head.loss(features, shapes, colours, inventory), base)
-    with torch.no_grad():
-        head.inventory.bias[len(PAIRS) + 3] += 1.0  # x of the present pair
-    assert head.loss(features, shapes, colours, inventory) != base
+    for row, scored in ((1, False), (RANK.start + 1, False), (1, True), (RANK.start + 1, True)):
+        pair = 3 if scored else 5  # the present pair, or an absent one
+        with torch.no_grad():
+            head.inventory.bias[row * len(PAIRS) + pair] += 1.0  # its x, or its place logit
+        assert (head.loss(features, shapes, colours, inventory) != base) == scored, (row, pair)
+        base = head.loss(features, shapes, colours, inventory)
 
 
 def test_vision_warm_up_trains_the_tower_only(tokenizer):
