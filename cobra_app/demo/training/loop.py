@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,18 +84,19 @@ def train(
     tokenizer=None,
     progress: bool = True,
     command: str = "",
+    clock: Callable[[], float] | None = None,
 ) -> TrainResult:
     """Train; with `out_dir`, save the model directory, the loss log and the run info (`command`: how it was run)
-    there."""
+    there. `clock` (seconds; default `time.monotonic`) is what the wall-clock budget is read on."""
     get_ops(torch.device("cpu"))  # the kernels load (or compile) before the clock starts: not charged to the pace
-    budget = Budget(cfg.max_minutes * 60, time.monotonic())
+    budget = Budget(cfg.max_minutes * 60, clock or time.monotonic)
     torch.set_num_threads(cfg.threads)
     tokenizer = tokenizer or build_demo_tokenizer()
     overrides = {k: v for k in ("d_model", "n_layer", "d_state") if (v := getattr(cfg, k)) is not None}
     config = config or demo_config(len(tokenizer), **overrides)
     tokens = TurnTokenizer(tokenizer, get_prompt_builder(config.prompt_format))
     vlm = build_model(config, cfg.seed).train()
-    vision_log = warm_up_vision(vlm, cfg, progress, budget.deadline) if cfg.vision_steps else []
+    vision_log = warm_up_vision(vlm, cfg, progress, budget) if cfg.vision_steps else []
     stream = BatchStream(cfg.seed, tokens, vlm.image_transform, cfg)
     held_out = monitor_items(cfg.monitor_items) if cfg.monitor_every else []
     heads, oracle, optimizer = stage_two_parts(vlm, config, cfg)
@@ -110,25 +111,25 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             if oracle and step == cfg.oracle_steps:  # the oracle stage ends: real images from here on
-                vision_log += warm_up_projector(vlm, oracle, cfg, progress, budget.deadline)
-            step_start = time.monotonic()
+                vision_log += warm_up_projector(vlm, oracle, cfg, progress, budget)
+            step_start = budget.clock()
             batch = next(stream)
             on_oracle = oracle if step < cfg.oracle_steps else None
             value, grad_norm = optimizer_step(vlm, batch, heads, on_oracle, optimizer, cfg.grad_clip)
             ema = value if ema is None else 0.95 * ema + 0.05 * value
             entry = {"step": step + 1, "loss": round(value, 5), "lr": lr, "grad_norm": round(grad_norm, 4),
                      "rows": len(batch.lengths), "scenes": int(batch.row_scene.max()) + 1,
-                     "tokens": batch.num_label_tokens, "elapsed_s": round(time.monotonic() - budget.start, 2)}
+                     "tokens": batch.num_label_tokens, "elapsed_s": round(budget.elapsed(), 2)}
             if cfg.monitor_every and ((step + 1) % cfg.monitor_every == 0 or step + 1 == cfg.steps):
                 entry["monitor"] = monitor_accuracy(vlm, held_out, tokens, on_oracle)
                 tqdm.write(f"step {step + 1}: loss(ema) {ema:.4f} held-out teacher-forced accuracy "
                            + " ".join(f"{k} {v:.2f}" for k, v in entry["monitor"].items()), file=sys.stderr)
             log.append(entry)
-            schedule.step_seconds += time.monotonic() - step_start
+            schedule.step_seconds += budget.clock() - step_start
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}")
     vlm.eval()
-    result = TrainResult(vlm, len(log.entries), time.monotonic() - budget.start, stopped_by, log.entries, vision_log)
+    result = TrainResult(vlm, len(log.entries), budget.elapsed(), stopped_by, log.entries, vision_log)
     if out_dir is not None:
-        save(result, cfg, tokenizer, Path(out_dir), time.monotonic() - schedule.loop_start, command)
+        save(result, cfg, tokenizer, Path(out_dir), budget.elapsed() - schedule.loop_offset, command)
     return result

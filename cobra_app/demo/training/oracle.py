@@ -3,8 +3,6 @@ the projector to produce them from the frozen tower, so that the language model 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -14,6 +12,7 @@ from cobra_app.demo.scenes import PAIRS
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.inventory import INVENTORY_ROWS, scene_inventory
 from cobra_app.demo.training.model_init import EMBEDDING_INIT_STD
+from cobra_app.demo.training.schedule import Budget
 from cobra_app.demo.training.vision_warm_up import PROJECTOR_STREAM, warm_up_scenes
 from cobra_app.model.cobra import CobraVLM
 
@@ -36,15 +35,16 @@ class OracleTokens(nn.Module):
 
 
 def warm_up_projector(vlm: CobraVLM, oracle: OracleTokens, cfg: TrainConfig, progress: bool = True,
-                      deadline: float | None = None) -> list[dict]:
+                      budget: Budget | None = None) -> list[dict]:
     """Between the oracle stage and stage 2: the projector alone (the tower frozen) learns to output, from the real
     tower's features, the oracle's image tokens for the same scene (squared error relative to their variance), so
-    that the language model trained on oracle tokens can read real images from the start of stage 2."""
+    that the language model trained on oracle tokens can read real images from the start of stage 2. Stops early
+    when `budget` is spent."""
     optimizer = torch.optim.AdamW(vlm.projector.parameters(), lr=cfg.vision_lr, betas=cfg.betas)
     rng = np.random.default_rng([cfg.seed, PROJECTOR_STREAM])
     log = []
     for step in tqdm(range(cfg.projector_steps), disable=not progress, dynamic_ncols=True, desc="projector warm-up"):
-        if deadline is not None and time.monotonic() > deadline:
+        if budget is not None and budget.spent():
             break
         scenes, pixel_values = warm_up_scenes(rng, vlm, cfg.vision_images)
         with torch.no_grad():

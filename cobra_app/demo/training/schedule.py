@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.model.cobra import CobraVLM
@@ -37,21 +38,28 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
 
 @dataclass
 class Budget:
-    """A run's wall-clock budget: `seconds` from `start` (a `time.monotonic()` value), the last
-    SAVE_RESERVE_SECONDS of them kept for saving."""
+    """A run's wall-clock budget: `seconds` from its start, read on `clock` (seconds, `time.monotonic` unless a test
+    injects another), the last SAVE_RESERVE_SECONDS of them kept for saving."""
 
     seconds: float
-    start: float
+    clock: Callable[[], float] = time.monotonic
+    start: float = field(init=False)
 
-    @property
-    def deadline(self) -> float:
-        """The `time.monotonic()` value after which no stage starts another step."""
-        return self.start + self.seconds - SAVE_RESERVE_SECONDS
+    def __post_init__(self) -> None:
+        self.start = self.clock()
+
+    def elapsed(self) -> float:
+        """Seconds since the start."""
+        return self.clock() - self.start
 
     @property
     def usable(self) -> float:
-        """Seconds from `start` to the deadline."""
+        """Seconds from the start to the deadline, after which no stage starts another step."""
         return self.seconds - SAVE_RESERVE_SECONDS
+
+    def spent(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.elapsed() > self.usable
 
 
 class BudgetedCosine:
@@ -61,19 +69,18 @@ class BudgetedCosine:
 
     def __init__(self, cfg: TrainConfig, budget: Budget) -> None:
         self.cfg, self.budget = cfg, budget
-        self.loop_start = time.monotonic()
+        self.loop_offset = budget.elapsed()  # seconds of the budget spent before stage 2
         self.step_seconds = 0.0  # time spent in optimizer steps so far (monitoring included, the projector warm-up not)
         self.behind = False  # projected to overrun the budget: the cosine then follows the clock
 
     def lr(self, step: int) -> float | None:
         """The learning rate of `step` (0-based), or None when the budget is spent."""
         cfg, budget = self.cfg, self.budget
-        elapsed = time.monotonic() - budget.start
+        elapsed = budget.elapsed()
         if elapsed > budget.usable:
             return None
         if not self.behind and step > cfg.warmup_steps:
             self.behind = elapsed + self.step_seconds / step * (cfg.steps - step) > budget.usable
         step_progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-        loop_offset = self.loop_start - budget.start
-        time_progress = (elapsed - loop_offset) / max(budget.usable - loop_offset, 1)
+        time_progress = (elapsed - self.loop_offset) / max(budget.usable - self.loop_offset, 1)
         return lr_at(cfg, step, max(step_progress, time_progress) if self.behind else step_progress)

@@ -4,8 +4,6 @@ every patch, the whole scene (`scene_inventory`)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,7 +13,7 @@ from tqdm import tqdm
 from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_training_scene
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.inventory import INVENTORY_ROWS, RANK, object_errors, rank_errors, scene_inventory
-from cobra_app.demo.training.schedule import lr_at
+from cobra_app.demo.training.schedule import Budget, lr_at
 from cobra_app.model.cobra import CobraVLM
 
 SHAPE_CLASSES = ("background", *SHAPES)  # per-patch targets of the vision warm-up
@@ -71,10 +69,11 @@ def warm_up_scenes(rng: np.random.Generator, vlm: CobraVLM, n: int) -> tuple[lis
     return scenes, {name: torch.stack([p[name] for p in pixels]) for name in pixels[0]}
 
 
-def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadline: float | None = None) -> list[dict]:
+def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, budget: Budget | None = None
+                   ) -> list[dict]:
     """Stage 1: train the vision tower alone to name the shape and colour under each patch and the scene's inventory
     (`WarmUpHead` on every patch), the stand-in for the release's pretrained DINOv2 / SigLIP. Only the tower's weights
-    change. Stops early at `deadline` (a `time.monotonic()` value). Returns the loss log."""
+    change. Stops early when `budget` is spent. Returns the loss log."""
     vision, image_size = vlm.vision_backbone, vlm.config.vision.image_size
     grid = image_size // vlm.config.vision.branches[0].patch_size  # patches per side
     head = WarmUpHead(vision.embed_dim)
@@ -84,7 +83,7 @@ def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, deadl
     schedule = TrainConfig(lr=cfg.vision_lr, warmup_steps=min(50, cfg.vision_steps), min_lr_ratio=cfg.min_lr_ratio)
     log = []
     for step in tqdm(range(cfg.vision_steps), disable=not progress, dynamic_ncols=True, desc="vision warm-up"):
-        if deadline is not None and time.monotonic() > deadline:
+        if budget is not None and budget.spent():
             break
         cosine_progress = (step - schedule.warmup_steps) / max(cfg.vision_steps - schedule.warmup_steps, 1)
         for group in optimizer.param_groups:

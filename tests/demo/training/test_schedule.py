@@ -1,9 +1,21 @@
-"""Spec: the learning rate warms up linearly, then follows the cosine."""
+"""Spec: the learning rate warms up linearly, then follows the cosine; the cosine's progress is by step while the run
+keeps to its wall-clock budget, by time once it is projected to overrun it, and the budget stops the run at its
+deadline (read on an injected clock)."""
 
 import pytest
 
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.schedule import lr_at
+from cobra_app.demo.training.schedule import SAVE_RESERVE_SECONDS, Budget, BudgetedCosine, lr_at
+
+
+class Clock:
+    """A clock the test moves by hand (seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -12,3 +24,33 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_at(cfg, 10, 0.0) == pytest.approx(1e-3)
     assert lr_at(cfg, 50, 0.5) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
     assert lr_at(cfg, 99, 1.0) == pytest.approx(1e-4)
+
+
+def test_the_budget_is_spent_at_its_deadline_before_the_reserve_for_saving():
+    clock = Clock()
+    budget = Budget(60.0, clock)
+    clock.now += 60.0 - SAVE_RESERVE_SECONDS
+    assert budget.elapsed() == 60.0 - SAVE_RESERVE_SECONDS and not budget.spent()
+    clock.now += 0.5
+    assert budget.spent()
+
+
+def test_a_run_on_pace_follows_the_steps_and_one_projected_to_overrun_follows_the_clock():
+    cfg = TrainConfig(lr=1e-3, warmup_steps=2, min_lr_ratio=0.1, steps=12)
+    clock = Clock()
+    on_pace = BudgetedCosine(cfg, Budget(1000.0, clock))
+    for step in range(12):
+        assert on_pace.lr(step) == pytest.approx(lr_at(cfg, step, (step - 2) / 10))
+        clock.now += 1.0
+        on_pace.step_seconds += 1.0
+    clock = Clock()
+    budget = Budget(SAVE_RESERVE_SECONDS + 40.0, clock)  # 40 usable seconds for 12 steps of 10 s
+    behind = BudgetedCosine(cfg, budget)
+    lrs = []
+    for step in range(12):
+        lrs.append(behind.lr(step))
+        clock.now += 10.0
+        behind.step_seconds += 10.0
+    assert behind.behind
+    assert lrs[3] == pytest.approx(lr_at(cfg, 3, 30.0 / 40.0))  # by time: 30 of 40 s, not 1 of 10 steps
+    assert lrs[4] is not None and lrs[5] is None  # 50 s elapsed: spent
