@@ -15,21 +15,8 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from cobra_app.api.backend import ChatBackend
-from cobra_app.api.conversation import ApiLimits
-from cobra_app.api.image_urls import read_image_url
-from cobra_app.api.server import BODY_OVERHEAD, ApiSettings, create_api
-from cobra_app.images import ImageLimits
-
-API_PREFIX = "/v1"
-
-
-def api_settings(cfg, model_id: str) -> ApiSettings:
-    """The API's settings from the app's (an `AppConfig`)."""
-    image_limits = ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels)
-    limits = ApiLimits(cfg.max_new_tokens, lambda url: read_image_url(url, image_limits, cfg.allow_image_urls))
-    return ApiSettings(model_id=model_id, limits=limits, max_body_bytes=cfg.max_image_bytes * 4 // 3 + BODY_OVERHEAD,
-                       api_key=cfg.api_key, concurrency=cfg.concurrency, queue_size=cfg.queue_size,
-                       created=int(time.time()))
+from cobra_app.api.configured import API_PREFIX, api_settings
+from cobra_app.api.server import create_api
 
 
 def api_mount(cfg, cobra, backend: ChatBackend) -> Mount:

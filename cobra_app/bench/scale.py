@@ -153,7 +153,7 @@ def state_moves(repeats: int) -> dict[str, float]:
     from cobra_app.loading.registry import MODELS
     from cobra_app.model.mamba import MambaState
     from cobra_app.sessions.disk import decode_snapshot, encode_snapshot
-    from cobra_app.sessions.session import Snapshot
+    from cobra_app.sessions.snapshot import Snapshot
 
     llm = MODELS["cobra+3b"].config.llm
     state = MambaState.zeros(llm, dtype=torch.bfloat16)

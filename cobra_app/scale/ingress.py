@@ -14,7 +14,7 @@ from ray import serve
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from cobra_app.api.serve import API_PREFIX, api_settings
+from cobra_app.api.configured import API_PREFIX, api_settings
 from cobra_app.api.server import create_api
 from cobra_app.scale.client import RayChatBackend, RequestRecord
 from cobra_app.scale.messages import ModelCard

@@ -15,7 +15,8 @@ from cobra_app.sessions.manager import DEFAULT_MEMORY_BUDGET, DEFAULT_STATE_DIR_
 from cobra_app.sessions.memory import MemoryStore, measure_nbytes
 from cobra_app.sessions.protocol import SessionModel
 from cobra_app.sessions.reply import Reply, ReplyStats
-from cobra_app.sessions.session import HISTORY_MODES, Exchange, HistoryMode, Session, Snapshot
+from cobra_app.sessions.session import HISTORY_MODES, Exchange, HistoryMode, Session
+from cobra_app.sessions.snapshot import Snapshot
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",

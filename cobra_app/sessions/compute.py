@@ -35,7 +35,7 @@ from cobra_app.generation.batching import BatchedStepper
 from cobra_app.generation.decode import DecodeResult, StepLM, TokenEvent
 from cobra_app.model.mamba import MambaState
 from cobra_app.sessions.protocol import SessionModel
-from cobra_app.sessions.session import Snapshot
+from cobra_app.sessions.snapshot import Snapshot
 
 GpuCall = Callable[[Callable], Callable]
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from cobra_app.model.mamba import LayerState, MambaState
-from cobra_app.sessions.session import Snapshot
+from cobra_app.sessions.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 

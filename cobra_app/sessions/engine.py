@@ -33,7 +33,8 @@ from cobra_app.sessions.compute import ModelCalls
 from cobra_app.sessions.keys import prefix_keys
 from cobra_app.sessions.protocol import SessionModel
 from cobra_app.sessions.reply import ReplyEnd, ReplyRun, ReplyStats
-from cobra_app.sessions.session import HistoryMode, Snapshot, reply_segment
+from cobra_app.sessions.session import HistoryMode, reply_segment
+from cobra_app.sessions.snapshot import Snapshot
 from cobra_app.sessions.store import StateStore
 
 EMPTY = Snapshot(None, None, 0)

@@ -89,7 +89,8 @@ from cobra_app.sessions.keys import image_key
 from cobra_app.sessions.protocol import SessionModel
 from cobra_app.sessions.registry import SessionRegistry
 from cobra_app.sessions.reply import Reply, ReplyEnd, ReplyRun, ReplyStats
-from cobra_app.sessions.session import HISTORY_MODES, Exchange, HistoryMode, Session, Snapshot, When
+from cobra_app.sessions.session import HISTORY_MODES, Exchange, HistoryMode, Session, When
+from cobra_app.sessions.snapshot import Snapshot
 from cobra_app.sessions.store import StateStore
 
 DEFAULT_MEMORY_BUDGET = 2 << 30

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from cobra_app.generation.decode import DecodeResult, FinishReason, TokenEvent
 from cobra_app.sessions.compute import Prefilled, ReplyEvent
-from cobra_app.sessions.session import Snapshot
+from cobra_app.sessions.snapshot import Snapshot
 
 
 @dataclass(frozen=True)

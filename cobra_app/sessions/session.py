@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from PIL import Image
-from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from cobra_app.generation.decode import FinishReason
-from cobra_app.model.mamba import MambaState
 from cobra_app.prompting import TurnTokenizer
 
 if TYPE_CHECKING:
@@ -34,16 +32,6 @@ if TYPE_CHECKING:
 HistoryMode = Literal["release", "generated"]
 HISTORY_MODES: tuple[HistoryMode, ...] = ("release", "generated")
 When = Literal["before", "after"]
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A recurrent state and the next-token logits [V] (fp32) there. `state` None: the empty state (the start of a
-    text-only conversation, whose logits are None). `text_tokens`: text ids read up to here (patches excluded)."""
-
-    state: MambaState | None
-    logits: Tensor | None = None
-    text_tokens: int = 0
 
 
 @dataclass(eq=False)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from cobra_app.sessions.disk import DiskTier
 from cobra_app.sessions.memory import MemoryStore
-from cobra_app.sessions.session import Snapshot
+from cobra_app.sessions.snapshot import Snapshot
 
 
 class StateStore:
