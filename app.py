@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; the app works offline
 
@@ -25,7 +26,7 @@ def build(cfg):
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
                           vision=cfg.vision_weights)
     manager = session_manager(cfg, choice.cobra, gpu_call=session_gpu_call())  # ZeroGPU: model calls on a GPU worker
-    demo = build_page(cfg, manager, choice.cobra.info(), choice.banner())
+    demo = build_page(cfg, manager, choice.cobra.info, choice.banner())  # read at each page load: the ops path changes
     return demo, api_mount(cfg, choice.cobra, manager), choice  # the API and the page share one state store
 
 
@@ -38,8 +39,9 @@ def build_on_ray(cfg):
     return build_page(cfg, sessions, card.info, card.banner), api, card
 
 
-def build_page(cfg, manager, info: dict, banner: str):
-    """The page over `manager`: a SessionManager, or the sessions of a model served on Ray (RemoteSessions)."""
+def build_page(cfg, manager, info: dict | Callable[[], dict], banner: str):
+    """The page over `manager`: a SessionManager, or the sessions of a model served on Ray (RemoteSessions); `info`:
+    the model's `info()`, or a function returning it (read again at every page load)."""
     from cobra_app.images import ImageLimits
     from cobra_app.paths import EXAMPLES_DIR
     from cobra_app.ui.chat_view import model_info_markdown
@@ -50,16 +52,20 @@ def build_page(cfg, manager, info: dict, banner: str):
 
     handlers = ChatHandlers(manager, image_limits=ImageLimits(cfg.max_image_bytes, cfg.max_image_pixels),
                             param_limits=ParamLimits(max_new_tokens=cfg.max_new_tokens), notifier=GradioNotifier())
-    demo = build_demo(handlers, model_info_md=model_info_markdown(info, cfg.model), banner_md=banner,
-                      examples=load_examples(EXAMPLES_DIR), concurrency=cfg.concurrency,
-                      max_new_tokens=cfg.max_new_tokens)
+
+    def panel() -> str:
+        return model_info_markdown(info() if callable(info) else info, cfg.model)
+
+    demo = build_demo(handlers, model_info_md=panel, banner_md=banner, examples=load_examples(EXAMPLES_DIR),
+                      concurrency=cfg.concurrency, max_new_tokens=cfg.max_new_tokens)
     demo.queue(default_concurrency_limit=cfg.concurrency, max_size=cfg.queue_size)
     return demo
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cobra_app.loading import ModelUnavailableError
+    from cobra_app.loading import ModelUnavailableError, resolve_device
+    from cobra_app.model.ops import cpu_kernel
     from cobra_app.serving.config import parse_config
     from cobra_app.serving.malloc import keep_releasing_free_memory, limit_malloc_arenas
     from cobra_app.ui.layout import CSS, THEME
@@ -71,14 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         demo, api, card = build_on_ray(cfg)
         info, where = card.info, f" [Ray Serve at {cfg.ray_address}]"
     else:
+        if resolve_device(cfg.device).type == "cpu":
+            cpu_kernel.load_in_background()  # never a compile before serving: PyTorch ops until the kernels are built
         try:
             demo, api, choice = build(cfg)
         except ModelUnavailableError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         info, where = choice.cobra.info(), " [offline fallback]" if choice.is_fallback else ""
-    logging.getLogger("app").info("serving %s on %s (%s, %s ops)%s; OpenAI-compatible API at /v1", info["model_id"],
-                                  info["device"], info["dtype"], info["ops"], where)
+    logging.getLogger("app").info("serving %s on %s (%s weights, %s compute: %s; %s ops%s)%s; OpenAI-compatible API at "
+                                  "/v1", info["model_id"], info["device"], info["dtype"], info.get("compute_dtype"),
+                                  info.get("precision"), info["ops"],
+                                  f", CPU kernels {info['cpu_kernels']}" if info.get("cpu_kernels") else "", where)
     # The API's routes go first in the server's route list (FastAPI's `routes`), so /v1 is matched before the page's.
     demo.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share, theme=THEME, css=CSS,
                 max_file_size=max(2 * cfg.max_image_bytes, 50 * 10**6), footer_links=["api"], show_error=False,

@@ -29,6 +29,7 @@ from cobra_app.generation import Decoder, SamplingParams, TextStreamer, get_answ
 from cobra_app.loading import read_model
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 from cobra_app.model.mamba import MambaState
+from cobra_app.model.ops import cpu_kernel
 from cobra_app.prompting import TurnTokenizer, get_prompt_builder
 
 ImageInput = Image.Image | str | Path | None
@@ -57,25 +58,32 @@ class Cobra:
         return len(self.tokenizer)
 
     def info(self) -> dict[str, str | int]:
-        """What runs: model id, source, device, dtype, parameter count, Mamba ops path, state size."""
+        """What runs: model id, source, device, weights' and compute dtype and why, parameter count, Mamba ops path,
+        the CPU kernels' state and variant, state size."""
+        precision = self.vlm.precision
         return {
             "model_id": self.config.model_id,
             "source": self.source,
             "device": str(self.device),
-            "dtype": str(self.vlm.dtype).removeprefix("torch."),
+            "dtype": str(precision.weights).removeprefix("torch."),
+            "compute_dtype": str(precision.compute).removeprefix("torch."),
+            "precision": precision.reason,
             "parameters": sum(p.numel() for p in self.vlm.parameters()),
             "ops": self.vlm.llm.ops.name,
+            "cpu_kernels": cpu_kernel.status() if self.device.type == "cpu" else "",
             "state_bytes": self.vlm.llm.initial_state().nbytes,
         }
 
     @torch.no_grad()
     def identity(self) -> str:
         """What makes two loaded models' states interchangeable, as a hex digest: the config, every weight tensor's
-        name, shape, dtype and an evenly spaced sample of 64 of its values, the Mamba ops path and the device type.
-        Computed once (a fraction of a second at cobra+3b sizes); keys the conversation states on disk."""
+        name, shape, dtype and an evenly spaced sample of 64 of its values, the compute dtype (a state's conv part is
+        in it), the Mamba ops path and the device type. Computed once (a fraction of a second at cobra+3b sizes); keys
+        the conversation states on disk."""
         if getattr(self, "_identity", None) is None:
             h = hashlib.blake2b(digest_size=16)
-            h.update(json.dumps([self.config.to_dict(), self.vlm.llm.ops.name, self.device.type]).encode())
+            h.update(json.dumps([self.config.to_dict(), str(self.vlm.compute_dtype), self.vlm.llm.ops.name,
+                                 self.device.type]).encode())
             for name, tensor in sorted(self.vlm.state_dict().items()):
                 flat = tensor.detach().reshape(-1)
                 k = min(64, flat.numel())
@@ -158,7 +166,9 @@ def load(
     vision: str | Path | None = None,
 ) -> Cobra:
     """Load a model by registry id (`cobra+3b`), hub path, run directory or self-contained model directory, for
-    inference on `device` ("auto": CUDA when present) in `dtype` ("auto": bf16 on CUDA and for large models on CPU).
+    inference on `device` ("auto": CUDA when present) in `dtype` ("auto": bf16 on CUDA and for large models on CPU,
+    computed in fp32 where the CPU's bf16 arithmetic is slow; "int8": int8 LM matrices on CPU; see
+    `loading.precision`; `cobra.info()` says what was chosen and why).
 
     For a run in the release layout, `llm` is a local mamba_ssm-format LLM directory (config.json + tokenizer files)
     or a hub repo, in place of the backbone's hub repo; `vision` a directory of timm-format safetensors, one per

@@ -65,9 +65,19 @@ def test_image_changes_the_answer_distribution_and_text_only_works(cobra):
 
 def test_info_names_what_runs(cobra):
     info = cobra.info()
-    assert info["device"] == "cpu" and info["dtype"] == "float32" and info["ops"] in ("torch", "cpu-kernel")
+    assert info["device"] == "cpu" and info["dtype"] == info["compute_dtype"] == "float32"
+    assert info["ops"] in ("torch", "cpu-kernel") and info["precision"] and info["cpu_kernels"]
     assert info["parameters"] == sum(p.numel() for p in cobra.vlm.parameters())
     assert info["state_bytes"] == cobra.vlm.llm.initial_state().nbytes
+
+
+def test_int8_loads_through_the_api_says_so_and_scores_like_the_fp32_model(cobra, tmp_path):
+    int8 = load(save_model_dir(*make_tiny_vlm(), tmp_path / "int8"), device="cpu", dtype="int8")
+    info = int8.info()
+    assert info["dtype"] == "int8" and "int8" in info["precision"]
+    assert int8.identity() != cobra.identity()  # its states are not the fp32 model's
+    ours, reference = (model.score(sample_image(), "Is there a cat?") for model in (int8, cobra))
+    assert ours["Yes"] == pytest.approx(reference["Yes"], abs=0.02)  # int8 rows: <= 1/254 of a row's peak per weight
 
 
 def test_image_path_is_accepted(cobra, tmp_path):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def _sync() -> None:
@@ -78,7 +79,16 @@ def copy_case(device: str = "cpu", nbytes: int = 1 << 30) -> Case:
     return Case(lambda: dst.copy_(src), 2 * nbytes)
 
 
-def matmul_gflops(dtype: torch.dtype, device: str = "cpu") -> float:
-    """GFLOP/s of `matmul_case`, median of 5 calls."""
-    case = matmul_case(dtype, device)
-    return case.rate(median_seconds(case.call))
+def _kernel_linear_flops(x_shape, w_shape, *_, **__) -> int:
+    """The CPU kernels' product x [M, K] @ w [N, K]^T (torch.ops.cobra_linear.linear): 2 M K N."""
+    return 2 * x_shape[0] * x_shape[1] * w_shape[0]
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """Floating-point operations of one call of `fn` (matmuls, convolutions and attention, as torch counts them, and
+    the CPU kernels' products, which bf16-stored weights under fp32 arithmetic go through)."""
+    kernel_linear = getattr(getattr(torch.ops, "cobra_linear", None), "linear", None)
+    mapping = {kernel_linear: _kernel_linear_flops} if kernel_linear is not None else {}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return float(counter.get_total_flops())

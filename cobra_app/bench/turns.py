@@ -163,11 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.model in RANDOM_MODELS:
         cobra = build_random_model(args.model)
         if args.device not in ("auto", "cpu") or args.dtype != "auto":
-            from cobra_app.loading import resolve_device, resolve_dtype
+            from cobra_app.loading import apply_precision, resolve_device, resolve_precision
 
             device = resolve_device(args.device)
-            dtype = resolve_dtype(args.dtype, device, 0)
-            cobra.vlm.cast(dtype).to(device)
+            apply_precision(cobra.vlm, resolve_precision(args.dtype, device, 0)).to(device)
     else:
         from cobra_app.pipeline import load
 

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "assets/demo-model when it cannot be fetched)")
     add_model_file_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16")
+    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16, int8 (CPU)")
     g = p.add_argument_group("sampling (greedy by default, as the release's REPL)")
     g.add_argument("--max-new-tokens", type=int, default=512)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     if image is not None:
         manager.set_image(chat.sid, image)
     info = cobra.info()
-    print(f"Cobra Chat - {info['model_id']} from {info['source']} ({info['device']}, {info['dtype']}); "
+    print(f"Cobra Chat - {info['model_id']} from {info['source']} ({info['device']}, {cobra.vlm.precision.label}); "
           f"{'image: ' + str(args.image) if image is not None else 'text only'}.")
     print(COMMANDS_HELP)
     try:

@@ -63,10 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if problem := _unusable_out_dir(args.out_dir):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    from cobra_app.loading import CheckpointError, ModelUnavailableError, read_model, resolve_device, resolve_dtype
+    import torch
+
+    from cobra_app.loading import CheckpointError, ModelUnavailableError, read_model, resolve_device, resolve_precision
 
     try:
-        resolve_dtype(args.dtype, resolve_device("cpu"), 0)
+        if resolve_precision(args.dtype, resolve_device("cpu"), 0).weights == torch.int8:
+            raise ValueError("int8 is applied when a model is loaded (--dtype int8 there); convert to bfloat16")
     except ValueError as exc:
         print(f"error: --dtype: {exc}", file=sys.stderr)
         return 2

@@ -37,7 +37,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip malformed lines and cases with missing images (counted and listed) instead of failing")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 or int8 (CPU) (default: auto)")
     return parser.parse_args(argv)
 
 

@@ -135,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sets", default=",".join(EVAL_SETS), help=f"comma-separated, of {', '.join(EVAL_SETS)}")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dtype", default="float32", help="as `load` takes it: float32 (default), bfloat16, int8, auto")
     p.add_argument("--doc", type=Path, default=None, help="markdown file to write the report into (e.g. docs/DEMO_MODEL.md)")
     p.add_argument("--results", type=Path, default=None, help="write per-item results as JSON lines")
     p.add_argument("--no-progress", action="store_true")
@@ -145,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cobra_app import load  # heavy imports only when run
 
     torch.set_num_threads(args.threads)
-    model = load(args.model, device="cpu", dtype="float32")
+    model = load(args.model, device="cpu", dtype=args.dtype)
     outcomes = []
     for name in names:
         outcome = evaluate_set(model.vlm, model.tokenizer, name, args.seed, args.n, args.batch_size,

@@ -2,8 +2,8 @@
 
 `source` is a registry id (`cobra+3b`), a hub path, a local run directory in the release layout, or a self-contained
 model directory. `llm` and `vision` point a release-layout run's LLM files and frozen vision weights at local files
-(`release.py`, `vision_weights.py`). The network is built on the meta device in the dtype it will run in, and each
-weight is put in once: no random initialisation, no fp32 copy of a bf16 model.
+(`release.py`, `vision_weights.py`). The network is built on the meta device in the dtypes it will run in (storage and
+arithmetic, `precision.py`), and each weight is put in once: no random initialisation, no fp32 copy of a bf16 model.
 
 This package returns the network and the tokenizer; `cobra_app.load` (pipeline.py) wraps them in the one object
 people use, `Cobra`.
@@ -11,6 +11,7 @@ people use, `Cobra`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Protocol
 
@@ -21,20 +22,18 @@ from cobra_app.loading.checkpoint import CheckpointError
 from cobra_app.loading.hub import MODEL, ModelUnavailableError, hub_file
 from cobra_app.loading.meta import check_loaded, empty_model, num_parameters
 from cobra_app.loading.model_dir import ModelDir, is_model_dir, save_model_dir
+from cobra_app.loading.precision import apply_precision, resolve_precision
 from cobra_app.loading.random_init import build_random
 from cobra_app.loading.registry import MODELS
 from cobra_app.loading.release import CHECKPOINT, ReleaseRun, download_release, is_run_config
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 
 __all__ = [
-    "CheckpointError", "ModelUnavailableError", "build_random", "read_model", "resolve_device", "resolve_dtype",
-    "save_model_dir",
+    "CheckpointError", "ModelUnavailableError", "apply_precision", "build_random", "read_model", "resolve_device",
+    "resolve_precision", "save_model_dir",
 ]
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-# Models above this size default to bf16 on CPU (half the memory traffic; bf16 matmul is fast on current CPUs).
-CPU_BF16_MIN_PARAMS = 500_000_000
+log = logging.getLogger(__name__)
 
 
 class ModelFiles(Protocol):
@@ -49,19 +48,6 @@ class ModelFiles(Protocol):
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device, num_params: int) -> torch.dtype:
-    """"auto": bf16 on CUDA; on CPU bf16 for large models, fp32 for small ones (exactness costs nothing there)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype != "auto":
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)} or 'auto'")
-        return DTYPES[dtype]
-    if device.type == "cuda" or num_params >= CPU_BF16_MIN_PARAMS:
-        return torch.bfloat16
-    return torch.float32
 
 
 def _hub_path_files(source: str, llm, vision) -> ModelFiles:
@@ -111,11 +97,15 @@ def read_model(
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
 ) -> tuple[CobraVLM, PreTrainedTokenizerBase]:
-    """(network in eval mode without gradients, on `device` in `dtype`; its tokenizer) for `source`."""
+    """(network in eval mode without gradients, on `device`, stored and computed as `dtype` asks
+    (`resolve_precision`; the network's `precision` says how and why); its tokenizer) for `source`."""
     files = locate(source, llm, vision)
     device = resolve_device(device)
     vlm = empty_model(files.config)
-    vlm.cast(resolve_dtype(dtype, device, num_parameters(vlm)))
+    precision = resolve_precision(dtype, device, num_parameters(vlm))
+    vlm.cast(precision.float_weights, precision.compute)
     files.load_weights(vlm)
     check_loaded(vlm, str(source))
+    log.info("%s: %s (%s)", source, precision.label, precision.reason)
+    vlm = apply_precision(vlm, precision)  # int8: quantised from the weights as loaded
     return vlm.to(device).eval().requires_grad_(False), files.load_tokenizer()

@@ -19,7 +19,9 @@ import torch.nn as nn
 from torch import Tensor
 
 from cobra_app.model.mamba import MambaConfig, MambaLM, MambaState
+from cobra_app.model.precision import Precision
 from cobra_app.model.projector import build_projector
+from cobra_app.model.stored_linear import cast_module
 from cobra_app.model.vision import VisionBackboneConfig, build_vision_backbone
 
 CONFIG_FORMAT = "cobra-chat-model/1"
@@ -78,10 +80,17 @@ class CobraVLM(nn.Module):
         self.vision_backbone = build_vision_backbone(config.vision)
         self.projector = build_projector(config.arch_specifier, config.vision.embed_dim, config.llm.d_model)
         self.llm = MambaLM(config.llm)
+        self.precision = Precision(torch.float32, torch.float32, "as built")  # how the weights are stored and used
 
     @property
     def dtype(self) -> torch.dtype:
+        """The large float matrices' storage dtype."""
         return self.llm.dtype
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of activations and of the large matrices' arithmetic."""
+        return self.llm.compute_dtype
 
     @property
     def device(self) -> torch.device:
@@ -92,18 +101,21 @@ class CobraVLM(nn.Module):
         """PIL image -> pixel_values dict (one [3, S, S] tensor per vision branch)."""
         return self.vision_backbone.image_transform
 
-    def cast(self, dtype: torch.dtype) -> "CobraVLM":
-        """Run vision, projector and the LM's large matrices in `dtype` (LM norms, scan parameters stay fp32)."""
-        self.vision_backbone.to(dtype)
-        self.projector.to(dtype)
-        self.llm.cast(dtype)
+    def cast(self, dtype: torch.dtype, compute_dtype: torch.dtype | None = None) -> "CobraVLM":
+        """Store the large matrices of vision, projector and LM in `dtype` and compute in `compute_dtype` (default
+        `dtype`; e.g. bf16 weights with fp32 arithmetic). LM norms and scan parameters stay fp32."""
+        compute = compute_dtype or dtype
+        cast_module(self.vision_backbone, dtype, compute)
+        cast_module(self.projector, dtype, compute)
+        self.llm.cast(dtype, compute)
+        self.precision = Precision(dtype, compute)
         return self
 
     def encode_images(self, pixel_values: dict[str, Tensor]) -> Tensor:
-        """pixel_values {branch: [B, 3, S, S]} -> projected patch embeddings [B, P, d] in the model dtype."""
+        """pixel_values {branch: [B, 3, S, S]} -> projected patch embeddings [B, P, d] in the compute dtype."""
         param = next(self.vision_backbone.parameters())
-        pixels = {k: v.to(device=param.device, dtype=param.dtype) for k, v in pixel_values.items()}
-        return self.projector(self.vision_backbone(pixels)).to(self.dtype)
+        pixels = {k: v.to(device=param.device, dtype=self.compute_dtype) for k, v in pixel_values.items()}
+        return self.projector(self.vision_backbone(pixels)).to(self.compute_dtype)
 
     def prefill(
         self,

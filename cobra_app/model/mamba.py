@@ -2,8 +2,10 @@
 
 Parameter names match mamba_ssm's `MambaLMHeadModel`, so a released `llm_backbone` state dict loads directly once its
 `llm.` prefix is stripped. Numerics follow the release: the residual stream, RMSNorm, convolution and scan run in fp32;
-the large matrices (embedding, in/x/dt/out projections) run in the weight dtype (fp32, bf16 or fp16); small
-parameters (norms, conv, A_log, D, dt bias) are kept in fp32.
+the large matrices (embedding, in/x/dt/out projections) are stored in the weight dtype (fp32, bf16 or fp16; the
+projections and LM head optionally int8 with per-row scales, `quantize.py`) and multiplied in the compute dtype (the weight dtype,
+or fp32 for bf16 weights on CPUs whose bf16 arithmetic is slow); small parameters (norms, conv, A_log, D, dt bias) are
+kept in fp32.
 
 Shapes: B batch, L chunk length, d = d_model, D = d_inner, N = d_state, K = d_conv, R = dt_rank, V = vocab.
 """
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cobra_app.model.cuda_graph import GraphedStep
-from cobra_app.model.ops import MambaOps, get_ops
+from cobra_app.model.ops import DECODE_WEIGHTS, MambaOps, get_ops
 
 # Parameter-name suffixes kept in fp32 whatever the weight dtype (mamba_ssm keeps them so under autocast).
 FP32_PARAM_SUFFIXES = ("A_log", "D", "conv1d.weight", "conv1d.bias", "dt_proj.bias", "norm.weight", "norm_f.weight")
@@ -197,25 +199,28 @@ class MambaMixer(nn.Module):
         return self._A_cache[1]
 
     def forward(self, h: Tensor, state: LayerState, ops: MambaOps) -> tuple[Tensor, LayerState]:
-        """h [B, L, d] (weight dtype) on top of `state` -> (out [B, L, d], new LayerState)."""
-        xz = ops.linear(h, self.in_proj.weight)  # [B, L, 2D]
-        if xz.shape[1] == 1 and ops.mixer_step is not None:  # decoding: one fused call from xz to out_proj's input
-            stepped = ops.mixer_step(xz[:, 0], state.conv, self.conv1d.weight[:, 0], self.conv1d.bias,
-                                     self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self.A(), self.D,
-                                     state.ssm)
-            if stepped is not None:
-                y, conv_state, ssm_state = stepped  # y [B, D]
-                return ops.linear(y[:, None], self.out_proj.weight), LayerState(conv_state, ssm_state)
+        """h [B, L, d] (compute dtype) on top of `state` -> (out [B, L, d], new LayerState)."""
+        xz = project(ops, h, self.in_proj)  # [B, L, 2D]
         x, z = xz.transpose(1, 2).chunk(2, dim=1)  # [B, D, L] each
         x, conv_state = ops.causal_conv1d(x, self.conv1d.weight[:, 0], self.conv1d.bias, state.conv)  # [B, D, L]
-        x_dbl = ops.linear(x.transpose(1, 2), self.x_proj.weight)  # [B, L, R + 2N]
+        x_dbl = project(ops, x.transpose(1, 2), self.x_proj)  # [B, L, R + 2N]
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = ops.linear(dt, self.dt_proj.weight).transpose(1, 2)  # [B, D, L]; bias + softplus happen inside the scan
+        dt = project(ops, dt, self.dt_proj).transpose(1, 2)  # [B, D, L]; bias + softplus happen inside the scan
         A = self.A()  # [D, N]
         y, ssm_state = ops.selective_scan(
             x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D, z, self.dt_proj.bias, state.ssm
         )  # y [B, D, L]
-        return ops.linear(y.transpose(1, 2), self.out_proj.weight), LayerState(conv_state, ssm_state)
+        return project(ops, y.transpose(1, 2), self.out_proj), LayerState(conv_state, ssm_state)
+
+
+def weight_scale(layer: nn.Linear) -> Tensor | None:
+    """The per-row scales of an int8 layer (`quantize.py`), None for float weights."""
+    return getattr(layer, "weight_scale", None)
+
+
+def project(ops: MambaOps, x: Tensor, layer: nn.Linear) -> Tensor:
+    """x @ layer.weight^T without the bias, by the ops' `linear` (int8 weights with their scales)."""
+    return ops.linear(x, layer.weight, weight_scale(layer))
 
 
 class Block(nn.Module):
@@ -229,10 +234,20 @@ class Block(nn.Module):
     def forward(
         self, hidden: Tensor, residual: Tensor, state: LayerState, ops: MambaOps
     ) -> tuple[Tensor, Tensor, LayerState]:
-        """hidden [B, L, d] (weight dtype), residual [B, L, d] fp32 -> (new hidden, new residual, new LayerState)."""
+        """hidden [B, L, d] (compute dtype), residual [B, L, d] fp32 -> (new hidden, new residual, new LayerState)."""
         residual = residual + hidden.float()
         hidden, state = self.mixer(self.norm(residual).to(hidden.dtype), state, ops)
         return hidden, residual, state
+
+    def decode_weights(self) -> list[Tensor | None]:
+        """This layer's tensors for `MambaOps.decode_layers`, in `DECODE_WEIGHTS` order."""
+        m = self.mixer
+        named = {"norm": self.norm.weight, "in_proj": m.in_proj.weight, "in_proj_scale": weight_scale(m.in_proj),
+                 "conv_w": m.conv1d.weight[:, 0], "conv_b": m.conv1d.bias, "x_proj": m.x_proj.weight,
+                 "x_proj_scale": weight_scale(m.x_proj), "dt_proj": m.dt_proj.weight,
+                 "dt_proj_scale": weight_scale(m.dt_proj), "dt_bias": m.dt_proj.bias, "A": m.A(), "D": m.D,
+                 "out_proj": m.out_proj.weight, "out_proj_scale": weight_scale(m.out_proj)}
+        return [named[name] for name in DECODE_WEIGHTS]
 
 
 class MixerModel(nn.Module):
@@ -259,9 +274,11 @@ class MambaLM(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False, device=device, dtype=dtype)
         self.lm_head.weight = self.backbone.embedding.weight  # tied, as in the release
         self.ops_override: MambaOps | None = None
+        self.compute_dtype = dtype  # activations and the arithmetic of the large matrices
 
     @property
     def dtype(self) -> torch.dtype:
+        """The large float matrices' storage dtype (the embedding's)."""
         return self.backbone.embedding.weight.dtype
 
     @property
@@ -273,10 +290,13 @@ class MambaLM(nn.Module):
         """The operator implementation in use (CUDA kernels on a GPU where available, else PyTorch)."""
         return self.ops_override or get_ops(self.device)
 
-    def cast(self, dtype: torch.dtype) -> "MambaLM":
-        """Move the large matrices to `dtype`, keeping `FP32_PARAM_SUFFIXES` in fp32. Returns self."""
+    def cast(self, dtype: torch.dtype, compute_dtype: torch.dtype | None = None) -> "MambaLM":
+        """Store the large float matrices in `dtype` (int8 ones stay as they are), keeping `FP32_PARAM_SUFFIXES` in
+        fp32, and compute in `compute_dtype` (default: `dtype`). Returns self."""
         for name, p in self.named_parameters():
-            p.data = p.data.to(torch.float32 if name.endswith(FP32_PARAM_SUFFIXES) else dtype)
+            if p.is_floating_point():
+                p.data = p.data.to(torch.float32 if name.endswith(FP32_PARAM_SUFFIXES) else dtype)
+        self.compute_dtype = compute_dtype or dtype
         return self
 
     def init_weights(self, generator: torch.Generator | None = None, embedding_std: float = 0.02) -> "MambaLM":
@@ -314,11 +334,11 @@ class MambaLM(nn.Module):
         return self
 
     def embed(self, input_ids: Tensor) -> Tensor:
-        """input_ids [B, L] -> token embeddings [B, L, d] (weight dtype)."""
-        return self.backbone.embedding(input_ids)
+        """input_ids [B, L] -> token embeddings [B, L, d] (compute dtype)."""
+        return self.backbone.embedding(input_ids).to(self.compute_dtype)
 
     def initial_state(self, batch: int = 1) -> MambaState:
-        return MambaState.zeros(self.config, batch, self.device, self.dtype)
+        return MambaState.zeros(self.config, batch, self.device, self.compute_dtype)
 
     def forward(
         self,
@@ -333,22 +353,37 @@ class MambaLM(nn.Module):
         input_ids [B, L] or inputs_embeds [B, L, d], L >= 1. Returns (logits [B, L', V] fp32, new state), with
         L' = L, or the last `logits_to_keep` positions when that is > 0.
         """
-        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.dtype)
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.compute_dtype)
         if x.shape[1] == 0:
             raise ValueError("a chunk must contain at least one token")
         state = state if state is not None else self.initial_state(x.shape[0])
         ops = self.ops
-        hidden, residual = x, torch.zeros_like(x, dtype=torch.float32)  # the residual stream is fp32: [B, L, d]
-        new_layers = []
-        for block, layer_state in zip(self.backbone.layers, state.layers):
-            hidden, residual, layer_state = block(hidden, residual, layer_state, ops)
-            new_layers.append(layer_state)
+        stepped = self._decode_layers(ops, x[:, 0], state) if x.shape[1] == 1 and ops.decode_layers else None
+        if stepped is not None:  # decoding: the layer stack in one call
+            hidden, residual, new_layers = stepped
+        else:
+            hidden, residual = x, torch.zeros_like(x, dtype=torch.float32)  # the residual stream is fp32: [B, L, d]
+            new_layers = []
+            for block, layer_state in zip(self.backbone.layers, state.layers):
+                hidden, residual, layer_state = block(hidden, residual, layer_state, ops)
+                new_layers.append(layer_state)
         residual = residual + hidden.float()
         if logits_to_keep:
             residual = residual[:, -logits_to_keep:]
-        h = self.backbone.norm_f(residual).to(self.dtype)
-        logits = ops.linear(h, self.lm_head.weight).float()  # [B, L', V]
+        h = self.backbone.norm_f(residual).to(self.compute_dtype)
+        logits = project(ops, h, self.lm_head).float()  # [B, L', V]
         return logits, MambaState(new_layers, state.seqlen + x.shape[1])
+
+    def _decode_layers(self, ops: MambaOps, x: Tensor, state: MambaState) -> tuple[Tensor, Tensor, list] | None:
+        """`ops.decode_layers` on the embedded tokens x [B, d]: (hidden [B, 1, d], residual [B, 1, d], new layer
+        states), as the loop over the blocks computes them; None where the ops decline."""
+        weights = [t for block in self.backbone.layers for t in block.decode_weights()]
+        stepped = ops.decode_layers(x, weights, [s.conv for s in state.layers], [s.ssm for s in state.layers],
+                                    self.config.rms_norm_eps)
+        if stepped is None:
+            return None
+        hidden, residual, convs, ssms = stepped
+        return hidden[:, None], residual[:, None], [LayerState(c, s) for c, s in zip(convs, ssms, strict=True)]
 
     def step(self, input_ids: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """Decode one token per sequence: input_ids [B] -> (logits [B, V] fp32, new state).

@@ -107,7 +107,7 @@ OPTIONS: dict[str, tuple[str, str, object, str]] = {
                                                                  "tower, or a hub cache holding timm's repos "
                                                                  "(default: timm's hub weights)")),
     "device": ("--device", "COBRA_DEVICE", str, "auto, cpu, cuda or cuda:N"),
-    "dtype": ("--dtype", "COBRA_DTYPE", str, "auto, float32, bfloat16 or float16"),
+    "dtype": ("--dtype", "COBRA_DTYPE", str, "auto, float32, bfloat16, float16 or int8 (CPU)"),
     "host": ("--host", "COBRA_HOST", str, "address to listen on (0.0.0.0 for every interface)"),
     "port": ("--port", "COBRA_PORT", int, "port to listen on"),
     "share": ("--share", "COBRA_SHARE", _truthy, "also open a public gradio.live link"),

@@ -93,8 +93,9 @@ def model_info_markdown(info: dict, requested: str | None = None) -> str:
     """The model panel: a two-column table of `Cobra.info()`; `requested` names a model that could not be loaded."""
     rows = [("Model", f"`{info['model_id']}`"), ("Loaded from", f"`{info['source']}`"),
             ("Device", f"`{info['device']}`"), ("Weights dtype", f"`{info['dtype']}`"),
+            ("Compute dtype", f"`{info['compute_dtype']}`: {info['precision']}"),
             ("Parameters", f"{format_count(int(info['parameters']))} ({int(info['parameters']):,})"),
-            ("Mamba ops", f"`{info['ops']}`"),
+            ("Mamba ops", f"`{info['ops']}`" + (f"; CPU kernels {info['cpu_kernels']}" if info["cpu_kernels"] else "")),
             ("Conversation state", f"{format_bytes(int(info['state_bytes']))}, whatever the conversation's length")]
     if requested and requested != info["source"]:
         rows.insert(1, ("Requested", f"`{requested}` (unavailable)"))

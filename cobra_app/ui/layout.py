@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -320,11 +321,14 @@ def wire_suite(handlers: ChatHandlers, suite: SuitePanel, out_root: Path, max_ca
 
 
 # --- the page ---------------------------------------------------------------------------------------------------------
-def build_demo(handlers: ChatHandlers, *, model_info_md: str, banner_md: str = "", examples: list[Example] = (),
-               concurrency: int = 4, max_new_tokens: int = 512, suite_max_cases: int = 1000,
-               suite_out: Path | None = None) -> gr.Blocks:
+def build_demo(handlers: ChatHandlers, *, model_info_md: str | Callable[[], str], banner_md: str = "",
+               examples: list[Example] = (), concurrency: int = 4, max_new_tokens: int = 512,
+               suite_max_cases: int = 1000, suite_out: Path | None = None) -> gr.Blocks:
     """The app: the Chat tab (image, probe, parameters and model panels beside the conversation) and the Probe suite
-    tab. `concurrency`: model events (replies, probes, image encodings, suites) in progress at once."""
+    tab. `concurrency`: model events (replies, probes, image encodings, suites) in progress at once. `model_info_md`
+    may be a function: the model panel then reads it again at every page load (the ops path changes once the CPU
+    kernels built in the background are ready)."""
+    model_info = model_info_md if callable(model_info_md) else lambda: model_info_md
     suite_out = suite_out or Path(tempfile.gettempdir()) / "cobra-chat-probe"
     suggest = Suggestions(list(examples))
     with gr.Blocks(title=TITLE, fill_width=True) as demo:
@@ -336,7 +340,7 @@ def build_demo(handlers: ChatHandlers, *, model_info_md: str, banner_md: str = "
                 image = image_panel(list(examples))
                 probe = probe_panel()
                 params = params_panel(max_new_tokens)
-                info_md = model_panel(model_info_md)
+                info_md = model_panel(model_info())
             with gr.Column(scale=3, min_width=CONVERSATION_MIN_WIDTH, elem_id="conversation-column"):
                 talk = conversation_panel(suggest)
         with gr.Tab("Probe suite", id="suite"):
@@ -348,6 +352,7 @@ def build_demo(handlers: ChatHandlers, *, model_info_md: str, banner_md: str = "
         wire_replies(handlers, sid, image, talk, params, model)
         wire_controls(handlers, sid, talk)
         wire_probe(handlers, sid, image, probe, model)
-        gr.Button(visible=False).click(lambda: model_info_md, None, info_md, api_name="model_info", **CHEAP_EVENTS)
+        gr.Button(visible=False).click(model_info, None, info_md, api_name="model_info", **CHEAP_EVENTS)
+        demo.load(model_info, None, info_md, api_visibility="private", **CHEAP_EVENTS)
         wire_suite(handlers, suite, suite_out, suite_max_cases, model)
     return demo

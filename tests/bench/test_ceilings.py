@@ -1,8 +1,9 @@
 """Timing in turns: figures that are compared see the same machine, round by round."""
 
+import pytest
 import torch
 
-from cobra_app.bench.ceilings import copy_case, interleaved_seconds, matmul_case
+from cobra_app.bench.ceilings import copy_case, count_flops, interleaved_seconds, matmul_case
 
 
 def test_functions_are_timed_in_turns_and_each_gets_one_median_per_round():
@@ -26,3 +27,13 @@ def test_ceiling_cases_count_their_work():
     copy = copy_case(nbytes=1000)
     copy.call()
     assert copy.work == 2000 and copy.rate(1e-6) == 2000 / 1e-6 / 1e9
+
+
+def test_flops_count_the_cpu_kernels_products_too():
+    """bf16-stored weights under fp32 arithmetic go through the kernels' own op, which torch's counter does not know."""
+    from cobra_app.model.ops import cpu_kernel
+
+    if not cpu_kernel.load_kernel():
+        pytest.skip(f"CPU kernels unavailable: {cpu_kernel.load_error()}")
+    x, w = torch.randn(40, 96), torch.randn(24, 96).bfloat16()
+    assert count_flops(lambda: cpu_kernel.linear(x, w)) == 2 * 40 * 96 * 24

@@ -16,9 +16,10 @@ SMALL = ["--prefill-tokens", "40", "--decode-steps", "2", "--rounds", "2", "--re
 FILE_OPTIONS = ("--llm", "--vision-weights")  # a release-layout run's own files (test_a_release_layout_run...)
 # each run's own options, beyond SMALL, --model and --out (used by every run)
 RUNS = {
-    "turns 6": ["--turns", "6", "--batch-sizes", "1", "4", "--device", "cpu"],  # once an IndexError after measuring
+    # once an IndexError after measuring
+    "turns 6": ["--turns", "6", "--batch-sizes", "1", "4", "--device", "cpu", "--no-peer-prefill"],
     "one turn, no peer": ["--turns", "1", "--no-peer", "--batch-sizes", "2", "--dtype", "float32"],
-    "no turns": ["--no-turns", "--no-peer", "--batch-sizes", "3", "--dtype", "bfloat16", "--decode-steps", "1",
+    "no turns": ["--no-turns", "--no-peer", "--no-int8", "--batch-sizes", "3", "--dtype", "bfloat16", "--decode-steps", "1",
                  "--rounds", "1"],
 }
 
@@ -37,19 +38,28 @@ def run(model, out, options) -> dict:
 def test_benchmark_reports_figures_ratios_and_plot(model, tmp_path, capsys):
     out = tmp_path / "bench"
     report = run(model, out, ["--turns", "8", "--batch-sizes", "1", "4"])
-    for key in ("matmul_gflops_model_dtype", "copy_gbs", "image_encode_s", "prefill_tok_s", "decode_tok_s",
-                "peer_prefill_tok_s", "peer_decode_tok_s", "state_bytes", "batched_decode_4_tok_s", "peak_rss_gb"):
+    for key in ("matmul_gflops_float32", "copy_gbs", "image_encode_s", "image_encode_gflop", "prefill_tok_s",
+                "decode_tok_s", "int8_decode_tok_s", "peer_prefill_tok_s", "peer_decode_tok_s", "state_bytes",
+                "batched_decode_4_tok_s", "peak_rss_gb"):
         assert report["figures"][key] > 0, key
+    assert report["figures"]["int8_lm_weight_bytes"] < report["figures"]["lm_weight_bytes"]
     assert set(report["ratios"]) == {
-        "decode / bandwidth floor", "prefill / bf16 matmul ceiling", "decode vs transformers", "prefill vs transformers",
+        "image encoding / its time at the fp32 matmul ceiling", "prefill / its matmuls' time at the fp32 ceiling",
+        "decode / bandwidth floor", "prefill / matmul ceiling (compute dtype)", "int8 decode vs ours",
+        "int8 decode / its bandwidth floor", "decode vs transformers", "prefill vs transformers",
         "TTFT last turn / turn 2", "release / sessions TTFT at turn 8", "batched decode 4 / 1",
         "transformers' decode / bandwidth floor"}
     ratios = {name: ratio["value"] for name, ratio in report["ratios"].items()}
     assert ratios["decode vs transformers"] == pytest.approx(
         ratios["decode / bandwidth floor"] / ratios["transformers' decode / bandwidth floor"])
+    figures = report["figures"]
+    assert ratios["prefill / its matmuls' time at the fp32 ceiling"] == pytest.approx(
+        figures["matmul_gflops_float32"] / figures["prefill_matmul_gflops"])
     assert len(report["per_turn"]["sessions_ttft_s"]) == 8 and report["per_turn"]["release_ttft_s"][7] > 0
     assert (out / "ttft_per_turn.png").stat().st_size > 1000
-    assert "decode vs transformers" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "decode vs transformers" in printed and "cpu: " in printed and "kernels: " in printed
+    assert report["model"]["compute_dtype"] == "float32" and "precision: float32" in printed
 
 
 @pytest.mark.slow
@@ -108,3 +118,12 @@ def test_values_that_cannot_be_measured_are_refused_up_front(bad, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(bad)
     assert exit_.value.code == 2 and "--" in capsys.readouterr().err
+
+
+def test_a_model_loaded_as_int8_is_benchmarked_as_it_is_without_an_int8_copy_or_a_peer(model, tmp_path, capsys):
+    report = run(model, tmp_path, ["--dtype", "int8", "--no-turns", "--no-peer-prefill", "--batch-sizes", "1"])
+    assert report["model"]["dtype"] == "int8" and "int8_decode_tok_s" not in report["figures"]
+    assert not {"peer_decode_tok_s", "peer_prefill_tok_s"} & set(report["figures"])
+    printed = capsys.readouterr().out
+    assert report["figures"]["decode_tok_s"] > 0 and "precision: int8 weights" in printed
+    assert "MambaForCausalLM skipped: it has no int8 weights" in printed

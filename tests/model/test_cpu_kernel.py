@@ -1,11 +1,12 @@
 """The compiled CPU selective scan (`cobra_app.model.ops.cpu_kernel`) against the PyTorch and naive references.
 
-Every kernel variant this CPU can run (AVX-512, AVX2, baseline) is tested. Tolerances:
+Every kernel variant this CPU can run (AVX-512, AVX2, baseline: the `isa` fixture) is tested. Tolerances:
 - forward, fp32: rtol = atol = 1e-5 against `torch_ops` and the fp64 naive recurrence (as test_ops.py);
 - bf16/fp16 outputs: one ulp of the output dtype (the fp32 results agree to ~1e-6, then round);
 - backward: max |g - g_ref| <= 1e-4 * max |g_ref| for every input, g_ref = fp32 autograd through `torch_ops`
   (measured: ~1e-6).
-When the kernel cannot be built here the tests skip with the build error, or fail when CI=true.
+When the kernel cannot be built here the tests skip with the build error, or fail when CI=true
+(tests/model/conftest.py). The projections (linear_cpu.cpp) are tested in test_linear_cpu.py.
 """
 
 from __future__ import annotations
@@ -20,36 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from cobra_app.model.mamba import LayerState, MambaConfig, MambaLM
+from cobra_app.model.mamba import LayerState, MambaConfig, MambaLM, MambaState
 from cobra_app.model.ops import TORCH_OPS, cpu_kernel, get_ops, torch_ops
+from cobra_app.model.quantize import quantize_lm_
 from tests.model import test_mamba as tm
 from tests.model.test_ops import naive_scan, random_scan_inputs
 
 NAMES = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "ssm_state"]
 GRAD_RTOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def kernel_ops():
-    ops = cpu_kernel.cpu_kernel_ops()
-    if ops is None:
-        reason = f"CPU scan kernel could not be built: {cpu_kernel.load_error()}"
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return ops
-
-
-@pytest.fixture(params=["avx512", "avx2", "baseline"])
-def isa(request, kernel_ops):
-    """Run the test on each kernel variant (capped at what this CPU supports; duplicates are skipped)."""
-    used = torch.ops.cobra_scan.cap_isa(request.param)
-    try:
-        if used != request.param:
-            pytest.skip(f"this CPU has no {request.param}")
-        yield used
-    finally:
-        torch.ops.cobra_scan.cap_isa("avx512")
 
 
 def scan_args(seed: int, Bsz: int, Dn: int, L: int, N: int, nonzero_start: bool = True) -> list[torch.Tensor]:
@@ -297,44 +276,6 @@ def test_lm_kernel_equals_torch_ops(kernel_selected):
         assert tm.rel_err(g, grads_ref[name]) <= GRAD_RTOL, name
 
 
-# The bf16 decode projections (linear_cpu.cpp).
-
-
-@pytest.fixture
-def linear_kernel(kernel_ops):
-    if not torch.ops.cobra_linear.available():
-        pytest.skip("this CPU has no AVX-512 BF16: decode projections stay on F.linear")
-    return kernel_ops.linear
-
-
-@pytest.mark.parametrize(("rows", "k", "n"), [(1, 2560, 1024), (1, 160, 77), (1, 64, 5), (2, 300, 19), (3, 37, 65),
-                                             (4, 2560, 131), (8, 5120, 33), (5, 96, 2)])
-def test_linear_equals_the_fp32_product_rounded_once(linear_kernel, rows, k, n):
-    """fp32 accumulation of bf16 products, one rounding to bf16: within half a bf16 ulp of the exact product
-    (plus fp32 summation error), and never further from it than torch's own bf16 F.linear."""
-    g = torch.Generator().manual_seed(rows * 1000 + k)
-    x = torch.randn(rows, 1, k, generator=g).to(torch.bfloat16)
-    w = torch.randn(n, k, generator=g).to(torch.bfloat16)
-    exact = torch.nn.functional.linear(x.double(), w.double())  # [rows, 1, n]
-    out = linear_kernel(x, w)
-    assert out.shape == (rows, 1, n) and out.dtype == torch.bfloat16
-    magnitude = torch.nn.functional.linear(x.double().abs(), w.double().abs())
-    bound = exact.abs() * 2.0**-8 + magnitude * 2.0**-20  # half a bf16 ulp (<= |y| 2^-8) + fp32 summation error
-    assert ((out.double() - exact).abs() <= bound).all()
-    torch_err = (torch.nn.functional.linear(x, w).double() - exact).abs().max()
-    assert (out.double() - exact).abs().max() <= torch_err + magnitude.max() * 2.0**-20
-
-
-def test_linear_falls_back_to_f_linear_outside_decode_shapes(linear_kernel):
-    g = torch.Generator().manual_seed(0)
-    w = torch.randn(64, 96, generator=g).to(torch.bfloat16)
-    for x in (torch.randn(9, 96, generator=g).to(torch.bfloat16),  # more rows than a decode batch
-              torch.randn(2, 96, generator=g),  # fp32
-              torch.randn(2, 96, generator=g).to(torch.bfloat16).requires_grad_()):  # training
-        expected = torch.nn.functional.linear(x, w.to(x.dtype))
-        assert torch.equal(linear_kernel(x, w.to(x.dtype)), expected)
-
-
 def test_bf16_decode_with_the_kernel_matches_torch_ops(kernel_selected):
     """Greedy decoding in bf16: the kernel path's logits stay within the bf16 bound of the PyTorch operators."""
     ids = torch.randint(0, tm.TINY.vocab_size, (2, 12), generator=torch.Generator().manual_seed(5))
@@ -353,47 +294,109 @@ def test_bf16_decode_with_the_kernel_matches_torch_ops(kernel_selected):
     assert tm.rel_err(*results) <= 1e-2
 
 
-# The fused one-token mixer step (mixer_step in selective_scan_cpu.cpp).
-
-
-def _mixer_step_both_ways(kernel_ops, dtype: torch.dtype, rows: int, d_model: int, d_state: int):
-    """One decoding step of a random mixer on a random state, fused and unfused: [(out, conv, ssm)] x 2."""
-    config = MambaConfig(d_model=d_model, n_layer=1, vocab_size=8, d_state=d_state)
-    lm = MambaLM(config).init_weights(torch.Generator().manual_seed(rows + d_state))
+def _prefill_then_steps(lm: MambaLM, ids: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """Logits of a prefill of `ids` [B, L] then one decode step per column of `steps` [B, S] (teacher-forced)."""
     with torch.no_grad():
-        lm.backbone.layers[0].mixer.dt_proj.bias.add_(1.0)  # larger steps: the old state and the new input both count
-    mixer = lm.cast(dtype).backbone.layers[0].mixer
-    g = torch.Generator().manual_seed(rows)
-    h = torch.randn(rows, 1, d_model, generator=g).to(dtype)
-    state = LayerState(torch.randn(rows, config.d_inner, config.d_conv, generator=g).to(dtype),
-                       torch.randn(rows, config.d_inner, d_state, generator=g))
-    unfused = dataclasses.replace(kernel_ops, mixer_step=None)
+        logits, state = lm(ids, logits_to_keep=1)
+        out = [logits[:, -1]]
+        for token in steps.unbind(1):
+            logits, state = lm.step(token, state)
+            out.append(logits)
+    return torch.stack(out, dim=1)
+
+
+def _with_matrices(lm: MambaLM, values: dict[str, torch.Tensor]) -> MambaLM:
+    """lm (fp32, fp32 arithmetic) holding the given matrices: the reference. An LM head among them is untied."""
     with torch.no_grad():
-        return [(out, s.conv, s.ssm) for out, s in (mixer(h, state, ops) for ops in (kernel_ops, unfused))]
+        if "lm_head.weight" in values:
+            lm.lm_head.weight = torch.nn.Parameter(values["lm_head.weight"].clone())
+        for name, p in lm.named_parameters():
+            p.copy_(values.get(name, p))
+    return lm
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_narrow_weights_under_fp32_arithmetic_match_the_fp32_model_of_the_same_values(isa, kernel_selected, weights):
+    """bf16-stored weights computed in fp32 (CPUs without fast bf16) and int8 projections and head: prefill and decode
+    logits equal those of an fp32 model holding the same weight values (bf16-rounded; dequantised), with the kernels
+    and with the PyTorch operators (relative to the logits' largest magnitude). The int8 kernels round their inputs to
+    int16 steps first."""
+    ids = torch.randint(0, tm.TINY.vocab_size, (2, 30), generator=torch.Generator().manual_seed(6))
+    steps = torch.randint(0, tm.TINY.vocab_size, (2, 5), generator=torch.Generator().manual_seed(7))
+    if weights == "bfloat16":
+        lm = tm.tiny_lm().cast(torch.bfloat16, torch.float32)
+        values = {name: p.float() for name, p in lm.named_parameters() if p.dtype == torch.bfloat16}
+        bounds = {"cpu-kernel": 3e-6, "torch": 3e-6}  # measured 2-4e-7 (fp32 summation order)
+    else:
+        lm = quantize_lm_(tm.tiny_lm())
+        values = {f"{name}.weight": (m.weight.float() * m.weight_scale[:, None])
+                  for name, m in lm.named_modules() if hasattr(m, "weight_scale")}
+        bounds = {"cpu-kernel": 2e-4, "torch": 3e-6}  # measured 6.5e-5 with int16 inputs, 2-3e-7 without
+    reference = _with_matrices(tm.tiny_lm(), values)
+    expected = _prefill_then_steps(reference, ids, steps)
+    for ops in (kernel_selected, TORCH_OPS):
+        lm.ops_override = ops
+        assert tm.rel_err(_prefill_then_steps(lm, ids, steps), expected) <= bounds[ops.name], ops.name
+
+
+# The decode step of the whole layer stack in one call (decode_layers in decode_step_cpu.cpp).
+
+
+def _random_state(lm: MambaLM, rows: int, seed: int) -> MambaState:
+    g = torch.Generator().manual_seed(seed)
+    cfg = lm.config
+    return MambaState([LayerState(torch.randn(rows, cfg.d_inner, cfg.d_conv, generator=g).to(lm.compute_dtype),
+                                  torch.randn(rows, cfg.d_inner, cfg.d_state, generator=g))
+                       for _ in range(cfg.n_layer)], seqlen=5)
+
+
+# (float weights, compute, int8 projections): each precision a CPU runs
+PRECISIONS = [(torch.bfloat16, torch.bfloat16, False), (torch.float32, torch.float32, False),
+              (torch.bfloat16, torch.float32, False), (torch.bfloat16, torch.float32, True),
+              (torch.bfloat16, torch.bfloat16, True)]
+
+
+@pytest.mark.parametrize(("weights", "compute", "int8"), PRECISIONS)
 @pytest.mark.parametrize(("rows", "d_model", "d_state"), [(1, 64, 16), (3, 48, 7), (8, 64, 32), (11, 32, 16)])
-def test_fused_mixer_step_equals_the_unfused_operators(kernel_ops, dtype, rows, d_model, d_state):
-    """The same operations in the same order and precision: bitwise the same output and states (1-8 rows use the
-    bf16 matrix-vector kernel, 11 rows F.linear; odd d_state, d_state 32)."""
-    (out, conv, ssm), (out_ref, conv_ref, ssm_ref) = _mixer_step_both_ways(kernel_ops, dtype, rows, d_model, d_state)
-    assert out.shape == (rows, 1, d_model) and out.dtype == dtype
-    assert torch.equal(out, out_ref) and torch.equal(conv, conv_ref) and torch.equal(ssm, ssm_ref)
-    assert out.abs().max() > 0 and (ssm - ssm_ref).abs().max() == 0
+def test_decode_step_in_one_call_equals_the_unfused_operators(isa, kernel_ops, weights, compute, int8, rows, d_model,
+                                                               d_state):
+    """The same operations in the same order and precision: bitwise the same logits and states (1-8 rows use the
+    matrix-vector kernels, 11 rows torch's matmul; odd d_state, d_state 32; every storage and compute dtype)."""
+    lm = MambaLM(MambaConfig(d_model=d_model, n_layer=3, vocab_size=50, d_state=d_state))
+    lm.init_weights(torch.Generator().manual_seed(rows + d_state))
+    with torch.no_grad():
+        for block in lm.backbone.layers:  # larger steps: the old state and the new input both count
+            block.mixer.dt_proj.bias.add_(1.0)
+    if int8:
+        quantize_lm_(lm)
+    lm.cast(weights, compute)
+    state = _random_state(lm, rows, seed=rows)
+    tokens = torch.randint(0, 50, (rows,), generator=torch.Generator().manual_seed(rows))
+    results = []
+    for ops in (kernel_ops, dataclasses.replace(kernel_ops, decode_layers=None)):
+        lm.ops_override = ops
+        with torch.no_grad():
+            results.append(lm.step(tokens, state))
+    (logits, new), (logits_ref, new_ref) = results
+    assert logits.shape == (rows, lm.config.padded_vocab_size) and logits.abs().max() > 0
+    assert torch.equal(logits, logits_ref) and new.seqlen == new_ref.seqlen == 6
+    for layer, ref in zip(new.layers, new_ref.layers, strict=True):
+        assert layer.conv.dtype == compute and torch.equal(layer.conv, ref.conv) and torch.equal(layer.ssm, ref.ssm)
 
 
-def test_fused_mixer_step_declines_what_it_does_not_cover(kernel_ops):
-    """Autograd and d_state beyond the kernel's get None (the mixer then runs the unfused operators)."""
-    D, N, K, R = 16, 8, 4, 2
-    g = torch.Generator().manual_seed(0)
-    args = [torch.randn(2, 2 * D, generator=g), torch.randn(2, D, K, generator=g), torch.randn(D, K, generator=g),
-            torch.randn(D, generator=g), torch.randn(R + 2 * N, D, generator=g), torch.randn(D, R, generator=g),
-            torch.randn(D, generator=g), -torch.rand(D, N, generator=g), torch.randn(D, generator=g),
-            torch.randn(2, D, N, generator=g)]
-    assert kernel_ops.mixer_step(*args) is not None
-    args[0].requires_grad_()
-    assert kernel_ops.mixer_step(*args) is None
-    wide = [a.detach() for a in args]
-    wide[7], wide[9], wide[4] = -torch.rand(D, 40), torch.randn(2, D, 40), torch.randn(R + 80, D)
-    assert kernel_ops.mixer_step(*wide) is None
+def test_decode_step_declines_what_it_does_not_cover(kernel_ops):
+    """Autograd and d_state beyond the kernel's get None (the model then runs the unfused operators)."""
+    for d_state, grad in ((8, True), (40, False)):
+        lm = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=8, d_state=d_state)).init_weights()
+        state = _random_state(lm, 2, seed=0)
+        weights = [t for block in lm.backbone.layers for t in block.decode_weights()]
+        x = torch.randn(2, 16)
+        with torch.set_grad_enabled(grad):
+            assert kernel_ops.decode_layers(x, weights, [s.conv for s in state.layers], [s.ssm for s in state.layers],
+                                            1e-5) is None
+    lm = MambaLM(MambaConfig(d_model=16, n_layer=2, vocab_size=8, d_state=8)).init_weights()
+    state = _random_state(lm, 2, seed=0)
+    weights = [t for block in lm.backbone.layers for t in block.decode_weights()]
+    with torch.no_grad():
+        assert kernel_ops.decode_layers(torch.randn(2, 16), weights, [s.conv for s in state.layers],
+                                        [s.ssm for s in state.layers], 1e-5) is not None

@@ -35,7 +35,10 @@ def test_speed_line_and_model_info_name_what_users_need():
     assert line == ("⚡ 0.12 s to first token · 45.6 tokens/s · 12 new tokens · read 9 new prompt tokens · "
                     "321 tokens in context · state 26.2 MB (constant)")
     assert format_bytes(999) == "999 B" and format_bytes(6144) == "6.1 kB"
-    md = model_info_markdown({"model_id": "m", "source": "s", "device": "cpu", "dtype": "float32",
-                              "parameters": 3_500_000_000, "ops": "torch", "state_bytes": 26_214_400}, "cobra+3b")
-    for text in ("`m`", "`cpu`", "`float32`", "3.50B", "`torch`", "26.2 MB", "`cobra+3b` (unavailable)"):
+    md = model_info_markdown({"model_id": "m", "source": "s", "device": "cpu", "dtype": "bfloat16",
+                              "compute_dtype": "float32", "precision": "bf16 matmul slow here", "parameters": 3_500_000_000,
+                              "ops": "torch", "cpu_kernels": "building in the background", "state_bytes": 26_214_400},
+                             "cobra+3b")
+    for text in ("`m`", "`cpu`", "`bfloat16`", "`float32`: bf16 matmul slow here", "3.50B", "`torch`",
+                 "CPU kernels building in the background", "26.2 MB", "`cobra+3b` (unavailable)"):
         assert text in md

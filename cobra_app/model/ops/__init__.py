@@ -1,8 +1,8 @@
 """One interface, several implementations of Mamba's sequence operators.
 
 `get_ops(device)` returns the mamba-ssm/causal-conv1d kernels on a CUDA device where they import, the compiled CPU
-selective scan (`cpu_kernel`, built on first use) on a CPU device where it compiles, and the plain PyTorch operators
-everywhere else. The first selection for each path is logged once.
+kernels (`cpu_kernel`: loaded from their build cache, built on first use or in the background, see there) on a CPU
+device where they compile, and the plain PyTorch operators everywhere else. Each path is logged when first selected.
 
 Environment: COBRA_OPS=torch forces the plain PyTorch operators on every device (read at each `get_ops` call).
 """
@@ -16,7 +16,6 @@ from functools import cache
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from cobra_app.model.ops import torch_ops
@@ -25,24 +24,30 @@ log = logging.getLogger(__name__)
 
 ConvFn = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 ScanFn = Callable[..., tuple[Tensor, Tensor]]
-LinearFn = Callable[[Tensor, Tensor], Tensor]
-# (xz, conv_state, conv_w, conv_b, x_proj_w, dt_proj_w, dt_bias, A, D, ssm_state) -> (y, conv_state, ssm_state) | None
-MixerStepFn = Callable[..., tuple[Tensor, Tensor, Tensor] | None]
+LinearFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]  # (x, weight, int8 weights' scales or None) -> y
+# (hidden [B, d], per-layer weights, conv states, ssm states, eps) -> (hidden, residual, conv states, ssm states) | None
+DecodeFn = Callable[..., tuple[Tensor, Tensor, list[Tensor], list[Tensor]] | None]
+# The tensors of each layer `decode_layers` takes, in this order (decode_step_cpu.cpp's `Weight`); scales are None for
+# float weights.
+DECODE_WEIGHTS = ("norm", "in_proj", "in_proj_scale", "conv_w", "conv_b", "x_proj", "x_proj_scale", "dt_proj",
+                  "dt_proj_scale", "dt_bias", "A", "D", "out_proj", "out_proj_scale")
 
 
 @dataclass(frozen=True)
 class MambaOps:
     """A named set of operators: `causal_conv1d(x, weight, bias, conv_state)`,
     `selective_scan(u, delta, A, B, C, D, z, delta_bias, ssm_state)` (see `torch_ops` for shapes), the bias-free
-    projection `linear(x [..., K], weight [N, K]) -> [..., N]` (F.linear unless a kernel is faster for decoding), and
-    optionally `mixer_step`: a fused one-token mixer step from in_proj's output to out_proj's input
-    (`cpu_kernel.mixer_step`), equal to the unfused operators; it returns None for inputs it does not cover."""
+    projection `linear(x [..., K], weight [N, K], scale [N] | None) -> [..., N]` in x's dtype for weights stored in
+    x's dtype, bf16 or int8 with per-row scales (`torch_ops.linear` unless a kernel is faster), and
+    optionally `decode_layers(hidden, weights, conv_states, ssm_states, eps)`: one decoding step of the whole layer
+    stack in one call (`cpu_kernel.decode_layers`; weights: `DECODE_WEIGHTS` of every layer), equal to the unfused
+    operators; it returns None for inputs it does not cover."""
 
     name: str
     causal_conv1d: ConvFn
     selective_scan: ScanFn
-    linear: LinearFn = F.linear
-    mixer_step: MixerStepFn | None = None
+    linear: LinearFn = torch_ops.linear
+    decode_layers: DecodeFn | None = None
 
 
 TORCH_OPS = MambaOps("torch", torch_ops.causal_conv1d, torch_ops.selective_scan)

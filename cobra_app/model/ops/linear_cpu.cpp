@@ -1,43 +1,53 @@
-// bf16 matrix-vector products for decoding on CPU: y[M, N] = x[M, K] @ w[N, K]^T for a few rows (M <= 8),
-// registered as torch.ops.cobra_linear.*.
+// Projections for CPU inference, registered as torch.ops.cobra_linear.linear: y[M, N] = x[M, K] @ w[N, K]^T with
+// weights stored in x's dtype, in bf16, or in int8 with one fp32 scale per output row (weight-only quantisation).
 //
-// Decoding one token reads every weight once, so its speed is set by how fast the weights stream from memory.
-// torch's bf16 GEMM reaches about 60% of this machine's bandwidth for M = 1; this kernel streams each weight row once
-// for all M input rows, with AVX-512 BF16 dot products (vdpbf16ps: pairs of bf16 products accumulated in fp32).
-// Accumulation is fp32 (16 lanes per row, then a tree sum), the result is rounded to bf16 once, as torch's is.
-//
-// Built only for CPUs with AVX-512 BF16 (chosen at run time: `available()`); elsewhere the Python side keeps
-// torch's F.linear. Rows of w are split over threads with at::parallel_for.
+// Decoding one token reads every weight once, so its speed is set by how fast the weights stream from memory; for
+// up to kMaxRows input rows (sequences decoded together) the kernels here stream each weight row once for all rows:
+//   - bf16 x and bf16 w on AVX-512 BF16: vdpbf16ps (pairs of bf16 products accumulated in fp32), one rounding to bf16,
+//     as torch's bf16 product;
+//   - otherwise bf16 or int8 w with fp32 arithmetic (linear_cpu_kernels.h: AVX-512, AVX2+FMA or the baseline vector
+//     width, by the ISA in use), x converted to fp32 first and the result rounded to x's dtype once.
+// Longer inputs (prefill, vision) with weights stored in another dtype than x convert kBlockBytes of weight rows at a
+// time to x's dtype and multiply them with torch's matmul: the arithmetic is the matmul's (fast fp32 where bf16
+// matmul is slow), the weights stay stored at half or a quarter of fp32's bytes.
+// Rows of w are split over threads with at::parallel_for.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <optional>
+#include <utility>
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__clang__)
-#define COBRA_LINEAR_AVX512BF16 1
+#include "cpu_isa.h"
+
+#if COBRA_CPU_MULTI_ISA
 #include <immintrin.h>
-#else
-#define COBRA_LINEAR_AVX512BF16 0
 #endif
 
 namespace cobra_linear {
 namespace {
 
-constexpr int64_t kMaxRows = 8;  // input rows (sequences decoded at once) handled by the kernel
-
-#if COBRA_LINEAR_AVX512BF16
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512bf16")
-
+constexpr int64_t kMaxRows = 8;  // input rows (sequences decoded at once) handled by the matrix-vector kernels
 // How far ahead of its loads a thread asks for weights (into L2). The cores' own prefetchers stop at 4 KB page
 // boundaries; asking 16 KB ahead kept the stream of a decode step's matrices at 33 GB/s against 29 without (2 threads,
-// this machine; 4 and 8 KB gave 31-32, 32 KB the same as 16).
+// AVX-512 BF16 EPYC; 4 and 8 KB gave 31-32, 32 KB the same as 16).
 constexpr int64_t kPrefetchBytes = 16384;
+// Weight rows converted to the compute dtype at a time for longer inputs: a few MB, so the block stays in cache.
+constexpr int64_t kBlockBytes = 4 << 20;
 
-// Output columns [n0, n1) for M input rows: two weight rows at a time, 32 bf16 (one cache line) per load.
+using cobra_cpu::Isa;
+
+#if COBRA_CPU_MULTI_ISA
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512bf16")
+namespace bf16dot {
+
+// Output columns [n0, n1) for M bf16 input rows: two weight rows at a time, 32 bf16 (one cache line) per load.
 template <int M>
 void columns(const uint16_t* x, const uint16_t* w, float* y, int64_t N, int64_t K, int64_t n0, int64_t n1) {
   const int64_t k_full = K / 32 * 32;
@@ -70,65 +80,186 @@ void columns(const uint16_t* x, const uint16_t* w, float* y, int64_t N, int64_t 
   }
 }
 
+}  // namespace bf16dot
 #pragma GCC pop_options
-
-using ColumnsFn = void (*)(const uint16_t*, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t);
-constexpr ColumnsFn kColumns[kMaxRows] = {columns<1>, columns<2>, columns<3>, columns<4>,
-                                          columns<5>, columns<6>, columns<7>, columns<8>};
 #endif
 
-bool available() {
-#if COBRA_LINEAR_AVX512BF16
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         __builtin_cpu_supports("avx512bf16");
-  return ok;
-#else
-  return false;
+#define COBRA_CPU_KERNELS "linear_cpu_kernels.h"
+#include "cpu_variants.h"
+#undef COBRA_CPU_KERNELS
+
+#if COBRA_CPU_MULTI_ISA
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vnni,avx2,fma")
+namespace avx512vnni {  // the int8 kernels' multiply-add pairs in one instruction (vpdpwssd)
+#define COBRA_CPU_LANES 16
+#define COBRA_LINEAR_VNNI 1
+#include "cpu_vector.h"
+#include "linear_cpu_kernels.h"
+#undef COBRA_LINEAR_VNNI
+#undef COBRA_CPU_LANES
+}  // namespace avx512vnni
+#pragma GCC pop_options
 #endif
+
+using Bf16Fn = void (*)(const float*, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t);
+using Int8Fn = void (*)(const int16_t*, const float*, const int8_t*, const float*, float*, int64_t, int64_t, int64_t,
+                        int64_t);
+
+// Weight rows per pass R and partial sums S for M input rows: each weight vector serves R x M products, and the
+// S x R x M sums (<= 8: 16 vector registers on AVX2 and the baseline, 32 on AVX-512) hide the multiply-add latency.
+template <int M>
+struct Shape {
+  static constexpr int R = M <= 4 ? 2 : 1, S = M <= 2 ? 2 : 1, R512 = 2;
+};
+
+template <int M>
+std::pair<Bf16Fn, Int8Fn> pick_columns() {
+  using Sh = Shape<M>;
+  switch (cobra_cpu::current_isa()) {
+#if COBRA_CPU_MULTI_ISA
+    case Isa::kAvx512Bf16:
+      return {avx512::columns_bf16<M, Sh::R512, Sh::S>, avx512vnni::columns_int8<M, Sh::R512, Sh::S>};
+    case Isa::kAvx512:
+      return {avx512::columns_bf16<M, Sh::R512, Sh::S>, avx512::columns_int8<M, Sh::R512, Sh::S>};
+    case Isa::kAvx2:
+      return {avx2::columns_bf16<M, Sh::R, Sh::S>, avx2::columns_int8<M, Sh::R, Sh::S>};
+#endif
+    default:
+      return {base::columns_bf16<M, Sh::R, Sh::S>, base::columns_int8<M, Sh::R, Sh::S>};
+  }
 }
 
-// x [M, K] bf16, w [N, K] bf16 (both contiguous), 1 <= M <= 8 -> y [M, N] bf16.
-at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& w) {
-  TORCH_CHECK(available(), "cobra_linear: this CPU has no AVX-512 BF16");
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "cobra_linear: x [M, K] and w [N, K]");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16, "cobra_linear: bf16 only");
-  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= kMaxRows, "cobra_linear: 1 to ", kMaxRows, " rows");
-  const at::Tensor xc = x.contiguous(), wc = w.contiguous();
-  const int64_t M = xc.size(0), K = xc.size(1), N = wc.size(0);
-  at::Tensor y = at::empty({M, N}, xc.options().dtype(at::kFloat));
-#if COBRA_LINEAR_AVX512BF16
-  const auto* xp = reinterpret_cast<const uint16_t*>(xc.data_ptr());
-  const auto* wp = reinterpret_cast<const uint16_t*>(wc.data_ptr());
+std::pair<Bf16Fn, Int8Fn> pick_columns(int64_t M) {
+  switch (M) {
+    case 1: return pick_columns<1>();
+    case 2: return pick_columns<2>();
+    case 3: return pick_columns<3>();
+    case 4: return pick_columns<4>();
+    case 5: return pick_columns<5>();
+    case 6: return pick_columns<6>();
+    case 7: return pick_columns<7>();
+    default: return pick_columns<8>();
+  }
+}
+
+// bf16 x [M, K], bf16 w [N, K] (contiguous) -> fp32 y [M, N], on AVX-512 BF16.
+at::Tensor linear_bf16dot(const at::Tensor& x, const at::Tensor& w) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+#if COBRA_CPU_MULTI_ISA
+  using Fn = void (*)(const uint16_t*, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t);
+  constexpr Fn kColumns[kMaxRows] = {bf16dot::columns<1>, bf16dot::columns<2>, bf16dot::columns<3>,
+                                     bf16dot::columns<4>, bf16dot::columns<5>, bf16dot::columns<6>,
+                                     bf16dot::columns<7>, bf16dot::columns<8>};
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr());
   float* yp = y.data_ptr<float>();
-  const ColumnsFn fn = kColumns[M - 1];
+  const Fn fn = kColumns[M - 1];
   at::parallel_for(0, (N + 1) / 2, 64, [&](int64_t begin, int64_t end) {
     fn(xp, wp, yp, N, K, 2 * begin, std::min(2 * end, N));
   });
 #endif
-  return y.to(at::kBFloat16);
+  return y;
 }
 
-// x [M, K], w [N, K] -> x @ w.T: the bf16 kernel above for bf16 inputs of 1 to kMaxRows rows (decode steps) where
-// the CPU has AVX-512 BF16, else at::linear (= F.linear). The one place that chooses; Python's `cpu_kernel.linear`
-// and the fused decode step's projections both call it.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w) {
-  if (available() && x.dim() == 2 && x.size(0) >= 1 && x.size(0) <= kMaxRows &&
-      x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16) {
-    return linear_bf16(x, w);
+// fp32 x [M, K], bf16 w [N, K] (both contiguous) -> fp32 y [M, N].
+at::Tensor linear_bf16_weights(const at::Tensor& x, const at::Tensor& w) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr());
+  float* yp = y.data_ptr<float>();
+  const Bf16Fn fn = pick_columns(M).first;
+  at::parallel_for(0, (N + 1) / 2, 64, [&](int64_t begin, int64_t end) {  // pairs of rows: whole passes for R <= 2
+    fn(xp, wp, yp, N, K, 2 * begin, std::min(2 * end, N));
+  });
+  return y;
+}
+
+// x [K] fp32 -> q [K] int16 with x ~ q * step, step = max|x| / 32767 (1 for a zero row); returns step. Plain loops
+// the compiler vectorizes; the rounding adds 1.5 * 2^23 (round to nearest even for |v| <= 2^22).
+float quantize_row(const float* x, int16_t* q, int64_t K) {
+  float peak = 0.f;
+  for (int64_t k = 0; k < K; ++k) peak = x[k] > peak ? x[k] : (-x[k] > peak ? -x[k] : peak);
+  const float step = peak > 0.f ? peak / 32767.f : 1.f, inverse = 1.f / step;
+  for (int64_t k = 0; k < K; ++k) {
+    const float rounded = (x[k] * inverse + 12582912.f) - 12582912.f;
+    q[k] = static_cast<int16_t>(static_cast<int32_t>(std::max(-32767.f, std::min(32767.f, rounded))));
   }
-  return at::linear(x, w);
+  return step;
+}
+
+// fp32 x [M, K], int8 w [N, K] (both contiguous), scale [N] -> fp32 y [M, N]. Each input row is rounded to int16
+// steps of max|x_m| / 32767 first (error <= 2^-16 of its largest value: ~250x below the weights' own rounding).
+at::Tensor linear_int8_weights(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor xq = at::empty({M, K}, x.options().dtype(at::kShort));
+  at::Tensor x_scale = at::empty({M}, x.options());
+  const float* xp = x.data_ptr<float>();
+  int16_t* qp = xq.data_ptr<int16_t>();
+  for (int64_t m = 0; m < M; ++m) x_scale.data_ptr<float>()[m] = quantize_row(xp + m * K, qp + m * K, K);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const auto* wp = reinterpret_cast<const int8_t*>(w.data_ptr());
+  const float *sp = scale.data_ptr<float>(), *xs = x_scale.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const Int8Fn fn = pick_columns(M).second;
+  at::parallel_for(0, (N + 1) / 2, 64, [&](int64_t begin, int64_t end) {
+    fn(qp, xs, wp, sp, yp, N, K, 2 * begin, std::min(2 * end, N));
+  });
+  return y;
+}
+
+// w [N, K] (int8 with scale [N], or any float dtype) -> the weights w * scale in `dtype` (products in fp32).
+at::Tensor dequantize(const at::Tensor& w, const std::optional<at::Tensor>& scale, at::ScalarType dtype) {
+  if (!scale) return w.to(dtype);
+  return (w.to(at::kFloat) * scale->unsqueeze(1)).to(dtype);
+}
+
+// x [M, K] @ dequantize(w)^T in x's dtype, kBlockBytes of converted weights at a time.
+at::Tensor linear_blocked(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& scale) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
+  const int64_t block = std::max<int64_t>(64, kBlockBytes / (K * static_cast<int64_t>(x.element_size())));
+  for (int64_t n0 = 0; n0 < N; n0 += block) {
+    const int64_t nb = std::min(block, N - n0);
+    const std::optional<at::Tensor> s = scale ? std::optional<at::Tensor>(scale->narrow(0, n0, nb)) : std::nullopt;
+    at::Tensor out = y.narrow(1, n0, nb);
+    at::mm_out(out, x, dequantize(w.narrow(0, n0, nb), s, x.scalar_type()).t());
+  }
+  return y;
+}
+
+// x [M, K] (fp32, bf16 or fp16), w [N, K] (x's dtype, bf16, or int8 with scale [N] fp32) -> x @ w^T [M, N] in x's
+// dtype. The one place that chooses a kernel; Python's `cpu_kernel.linear` and the fused decode step's projections
+// both call it.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& scale) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "cobra_linear: x [M, K] and w [N, K]");
+  const bool quantized = w.scalar_type() == at::kChar;
+  TORCH_CHECK(quantized == scale.has_value(), "cobra_linear: int8 weights need their scales, and only they");
+  if (quantized) {
+    TORCH_CHECK(scale->dim() == 1 && scale->size(0) == w.size(0) && scale->scalar_type() == at::kFloat,
+                "cobra_linear: scale must be fp32 [N]");
+  }
+  const at::ScalarType xt = x.scalar_type(), wt = w.scalar_type();
+  const int64_t M = x.size(0);
+  if (M >= 1 && M <= kMaxRows && at::isFloatingType(xt) && xt != at::kDouble) {
+    if (xt == at::kBFloat16 && wt == at::kBFloat16 && cobra_cpu::current_isa() >= Isa::kAvx512Bf16) {
+      return linear_bf16dot(x.contiguous(), w.contiguous()).to(xt);
+    }
+    if (wt == at::kBFloat16 || quantized) {
+      const at::Tensor xf = x.to(at::kFloat).contiguous(), wc = w.contiguous();
+      at::Tensor y = quantized ? linear_int8_weights(xf, wc, scale->contiguous()) : linear_bf16_weights(xf, wc);
+      return y.to(xt);
+    }
+  }
+  if (!quantized && wt == xt) return at::linear(x, w);
+  return linear_blocked(x, w, scale);
 }
 
 }  // namespace
 }  // namespace cobra_linear
 
-TORCH_LIBRARY(cobra_linear, m) {
-  m.def("linear_bf16(Tensor x, Tensor w) -> Tensor");
-  m.def("linear(Tensor x, Tensor w) -> Tensor");
-  m.def("available() -> bool", &cobra_linear::available);
-}
+TORCH_LIBRARY(cobra_linear, m) { m.def("linear(Tensor x, Tensor w, Tensor? scale=None) -> Tensor"); }
 
-TORCH_LIBRARY_IMPL(cobra_linear, CPU, m) {
-  m.impl("linear_bf16", &cobra_linear::linear_bf16);
-  m.impl("linear", &cobra_linear::linear);
-}
+TORCH_LIBRARY_IMPL(cobra_linear, CPU, m) { m.impl("linear", &cobra_linear::linear); }

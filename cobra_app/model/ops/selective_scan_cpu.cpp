@@ -13,30 +13,23 @@
 // (NP = N padded to 16 or 32, pad lanes zero, A padded with 0) so that each step loads whole vectors; the pad lanes
 // of the state stay exactly 0.
 //
-// SIMD without -march: the kernels are compiled three times from the same header, for the baseline ISA (4 lanes:
-// SSE2 or NEON), for AVX2+FMA (8 lanes) and for AVX-512F (16 lanes), each under `#pragma GCC target`, and the best
-// one the CPU supports is chosen at run time. A cached build therefore runs on any x86-64 (other architectures and
-// non-GCC compilers get the baseline copy only).
+// SIMD without -march: the kernels are compiled three times from the same header (cpu_variants.h), for the baseline
+// ISA (4 lanes: SSE2 or NEON), for AVX2+FMA (8 lanes) and for AVX-512 F + BW (16 lanes), each under `#pragma GCC
+// target`, and the one for the ISA in use (cpu_isa.h) is chosen at run time. A cached build therefore runs on any x86-64 (other architectures
+// and non-GCC compilers get the baseline copy only).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
-#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__) && !defined(__clang__)
-#define COBRA_SCAN_MULTI_ISA 1
-#else
-#define COBRA_SCAN_MULTI_ISA 0
-#endif
+#include "cpu_isa.h"
 
 namespace cobra_scan {
 namespace {  // internal linkage: nothing here can clash with another build of this library
@@ -87,60 +80,22 @@ template <typename T>
 using FwdFn = void (*)(const FwdArgs<T>&, int64_t, int64_t);
 using BwdFn = void (*)(const BwdArgs&, int64_t, int64_t);
 
-namespace base {  // SSE2 / NEON width
-#define COBRA_SCAN_LANES 4
-#include "selective_scan_cpu_kernels.h"
-#undef COBRA_SCAN_LANES
-}  // namespace base
-
-#if COBRA_SCAN_MULTI_ISA
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#define COBRA_SCAN_LANES 8
-#include "selective_scan_cpu_kernels.h"
-#undef COBRA_SCAN_LANES
-}  // namespace avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-namespace avx512 {
-#define COBRA_SCAN_LANES 16
-#include "selective_scan_cpu_kernels.h"
-#undef COBRA_SCAN_LANES
-}  // namespace avx512
-#pragma GCC pop_options
-#endif
+#define COBRA_CPU_KERNELS "selective_scan_cpu_kernels.h"
+#include "cpu_variants.h"
+#undef COBRA_CPU_KERNELS
 
 // ------------------------------------------------------------------------------------------------ ISA dispatch
 
-enum class Isa { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
-
-Isa best_isa() {
-#if COBRA_SCAN_MULTI_ISA
-  static const Isa isa = __builtin_cpu_supports("avx512f")                                        ? Isa::kAvx512
-                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? Isa::kAvx2
-                                                                                           : Isa::kBase;
-  return isa;
-#else
-  return Isa::kBase;
-#endif
-}
-
-std::atomic<int> isa_cap{static_cast<int>(Isa::kAvx512)};  // test hook: the best ISA allowed
-
-Isa current_isa() { return static_cast<Isa>(std::min(static_cast<int>(best_isa()), isa_cap.load())); }
-
-const char* isa_name(Isa isa) { return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline"; }
+using cobra_cpu::Isa;
 
 // NP (16 or 32) fp32 lanes per state = NV vectors of the ISA's width (16, 8 or 4 lanes); L = 1 (decoding) takes the
 // one-step kernel, which vectorises over channels instead of time steps.
 template <typename T>
 FwdFn<T> pick_forward(int64_t NP, int64_t L) {
   const bool wide = NP == 32, step = L == 1;
-  switch (current_isa()) {
-#if COBRA_SCAN_MULTI_ISA
+  switch (cobra_cpu::current_isa()) {
+#if COBRA_CPU_MULTI_ISA
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512:
       return step ? (wide ? avx512::step_channels<T, 2> : avx512::step_channels<T, 1>)
                   : (wide ? avx512::forward_channels<T, 2> : avx512::forward_channels<T, 1>);
@@ -156,8 +111,9 @@ FwdFn<T> pick_forward(int64_t NP, int64_t L) {
 
 BwdFn pick_backward(int64_t NP) {
   const bool wide = NP == 32;
-  switch (current_isa()) {
-#if COBRA_SCAN_MULTI_ISA
+  switch (cobra_cpu::current_isa()) {
+#if COBRA_CPU_MULTI_ISA
+    case Isa::kAvx512Bf16:
     case Isa::kAvx512:
       return wide ? avx512::backward_tasks<2> : avx512::backward_tasks<1>;
     case Isa::kAvx2:
@@ -301,80 +257,6 @@ std::vector<at::Tensor> selective_scan_bwd(const at::Tensor& u, const at::Tensor
   return {gu, gdelta, gA, gB, gC, gD_part.sum(0), gz, gbias_part.sum(0), gs0};
 }
 
-// The decode projections exactly as `cpu_kernel.linear` computes them: torch.ops.cobra_linear.linear, which chooses
-// between the bf16 matrix-vector kernel and at::linear (linear_cpu.cpp).
-at::Tensor project(const at::Tensor& x, const at::Tensor& w) {
-  static const auto linear = c10::Dispatcher::singleton()
-                                 .findSchemaOrThrow("cobra_linear::linear", "")
-                                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  return linear.call(x, w);
-}
-
-// One decoding step of a Mamba mixer between its in_proj and out_proj, fused into one call: the same operations,
-// in the same order and precision, as the unfused path (torch_ops.causal_conv1d for one token, the x_proj and dt_proj
-// projections as `project`, then selective_scan_fwd), without a Python dispatch per operation.
-// xz [M, 2D] (in_proj output, x then z); conv_state [M, D, K]; conv_w [D, K]; conv_b, dt_bias, Dv [D]; x_proj_w
-// [R + 2N, D]; dt_proj_w [D, R]; A [D, N] fp32; ssm_state [M, D, N] fp32.
-// Returns (y [M, D] in xz's dtype, new conv_state [M, D, K], new ssm_state [M, D, N] fp32).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_step(const at::Tensor& xz, const at::Tensor& conv_state,
-                                                          const at::Tensor& conv_w, const at::Tensor& conv_b,
-                                                          const at::Tensor& x_proj_w, const at::Tensor& dt_proj_w,
-                                                          const at::Tensor& dt_bias, const at::Tensor& A,
-                                                          const at::Tensor& Dv, const at::Tensor& ssm_state) {
-  const int64_t D = conv_w.size(0), K = conv_w.size(1), N = A.size(1), R = dt_proj_w.size(1);
-  TORCH_CHECK(xz.dim() == 2 && xz.size(1) == 2 * D, "mixer_step: xz must be [M, 2D]");
-  TORCH_CHECK(x_proj_w.size(0) == R + 2 * N && x_proj_w.size(1) == D, "mixer_step: x_proj_w must be [R + 2N, D]");
-  const at::ScalarType st = xz.scalar_type();
-  const int64_t M = xz.size(0);
-  const at::Tensor z = xz.narrow(1, D, D).unsqueeze(-1);  // [M, D, 1]
-  // causal conv over the last K inputs, + bias (torch_ops.causal_conv1d, L = 1) in one pass over the channels: the
-  // new conv state (the last K inputs, in xz's dtype) and the fp32 pre-activation, whose products are summed in
-  // ATen's order for a K-term row (k = 0, 1, ..., K - 1, from 0; checked bit for bit at K = 4 by the tests)
-  const at::Tensor state = conv_state.to(st).contiguous(), w = conv_w.to(at::kFloat).contiguous();
-  const at::Tensor b = conv_b.to(at::kFloat).contiguous(), xs = xz.contiguous();
-  at::Tensor window = at::empty({M, D, K}, xz.options());        // [M, D, K]: the new conv state
-  at::Tensor conv = at::empty({M, D, 1}, xz.options().dtype(at::kFloat));  // [M, D, 1]
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, st, "mixer_step_conv", [&] {
-    const scalar_t* old_window = state.data_ptr<scalar_t>();
-    const scalar_t* x = xs.data_ptr<scalar_t>();  // row m: x at [m * 2D, m * 2D + D)
-    const float* wp = w.data_ptr<float>();
-    const float* bp = b.data_ptr<float>();
-    scalar_t* out = window.data_ptr<scalar_t>();
-    float* cp = conv.data_ptr<float>();
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t d = 0; d < D; ++d) {
-        const scalar_t* src = old_window + (m * D + d) * K;
-        scalar_t* dst = out + (m * D + d) * K;
-        for (int64_t k = 0; k + 1 < K; ++k) dst[k] = src[k + 1];
-        dst[K - 1] = x[m * 2 * D + d];
-        float acc = 0.f;
-        for (int64_t k = 0; k < K; ++k) {
-          // rounded to fp32 before the add, as ATen's multiply (this file's baseline code has no FMA to fuse them)
-          const float product = static_cast<float>(dst[k]) * wp[d * K + k];
-          acc += product;
-        }
-        cp[m * D + d] = acc + bp[d];
-      }
-    }
-  });
-  const at::Tensor u = at::silu(conv).to(st);  // [M, D, 1]
-  const at::Tensor x_dbl = project(u.squeeze(-1), x_proj_w);   // [M, R + 2N]
-  const at::Tensor delta = project(x_dbl.narrow(1, 0, R), dt_proj_w).unsqueeze(-1);  // [M, D, 1]
-  const at::Tensor B = x_dbl.narrow(1, R, N).unsqueeze(-1), C = x_dbl.narrow(1, R + N, N).unsqueeze(-1);  // [M, N, 1]
-  auto [y, s] = selective_scan_fwd(u, delta, A, B, C, Dv, z, dt_bias, ssm_state);
-  return {y.squeeze(-1), window.contiguous(), s};
-}
-
-// The kernel variant in use: "avx512", "avx2" or "baseline".
-std::string isa() { return isa_name(current_isa()); }
-
-// Test hook: use at most `cap` ("avx512", "avx2", "baseline") even where the CPU has more. Returns the ISA in use.
-std::string cap_isa(const std::string& cap) {
-  TORCH_CHECK(cap == "avx512" || cap == "avx2" || cap == "baseline", "unknown ISA ", cap);
-  isa_cap.store(static_cast<int>(cap == "avx512" ? Isa::kAvx512 : cap == "avx2" ? Isa::kAvx2 : Isa::kBase));
-  return isa();
-}
-
 }  // namespace
 }  // namespace cobra_scan
 
@@ -385,15 +267,9 @@ TORCH_LIBRARY(cobra_scan, m) {
   m.def(
       "selective_scan_bwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor D, Tensor z, "
       "Tensor delta_bias, Tensor ssm_state, Tensor grad_y, Tensor grad_state) -> Tensor[]");
-  m.def(
-      "mixer_step(Tensor xz, Tensor conv_state, Tensor conv_w, Tensor conv_b, Tensor x_proj_w, Tensor dt_proj_w, "
-      "Tensor dt_bias, Tensor A, Tensor D, Tensor ssm_state) -> (Tensor, Tensor, Tensor)");
-  m.def("isa() -> str", &cobra_scan::isa);
-  m.def("cap_isa(str cap) -> str", &cobra_scan::cap_isa);
 }
 
 TORCH_LIBRARY_IMPL(cobra_scan, CPU, m) {
   m.impl("selective_scan_fwd", &cobra_scan::selective_scan_fwd);
   m.impl("selective_scan_bwd", &cobra_scan::selective_scan_bwd);
-  m.impl("mixer_step", &cobra_scan::mixer_step);
 }

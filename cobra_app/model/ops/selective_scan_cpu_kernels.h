@@ -1,40 +1,20 @@
 // Per-channel selective-scan kernels, written once for any vector width.
 //
 // Included by selective_scan_cpu.cpp once per instruction set, inside namespace cobra_scan::<isa> and under the
-// matching `#pragma GCC target`, with COBRA_SCAN_LANES set to the target's native fp32 vector width (4, 8 or 16:
-// wider-than-native vectors would turn compares and selects into scalar code). No include guard, on purpose; no
-// #include here either (everything this needs comes from the .cpp, outside the namespace).
+// matching `#pragma GCC target`, right after cpu_vector.h (the vector type vf of kLanes fp32, loadu, storeu, hsum).
+// No include guard, on purpose; no #include here either (everything this needs comes from the .cpp, outside the
+// namespace).
 //
 // Vectors are GCC/Clang vector extensions; exp and log are Cephes polynomials, so nothing depends on libm's vector
 // ABI or on -march. Every function here is compiled for the enclosing target only.
 
 #define CS_INLINE inline __attribute__((always_inline))
 
-constexpr int64_t kLanes = COBRA_SCAN_LANES;
-typedef float vf __attribute__((vector_size(4 * COBRA_SCAN_LANES)));    // kLanes x fp32
-typedef int32_t vi __attribute__((vector_size(4 * COBRA_SCAN_LANES)));  // kLanes x int32 (masks, exponent bits)
-typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t vi __attribute__((vector_size(4 * COBRA_CPU_LANES)));  // kLanes x int32 (masks, exponent bits)
 
 CS_INLINE vf splat(float x) { return x - vf{}; }  // broadcast (x - 0 == x exactly; folds to one broadcast)
-CS_INLINE vf loadu(const float* p) {
-  vf v;
-  std::memcpy(&v, p, sizeof(vf));
-  return v;
-}
-CS_INLINE void storeu(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 CS_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
 CS_INLINE vf vmin(vf a, vf b) { return a < b ? a : b; }
-
-CS_INLINE float hsum(vf v) {
-  v4f acc;
-  std::memcpy(&acc, &v, sizeof(v4f));
-  for (int64_t i = 1; i < kLanes / 4; ++i) {
-    v4f part;
-    std::memcpy(&part, reinterpret_cast<const char*>(&v) + i * sizeof(v4f), sizeof(v4f));
-    acc = acc + part;
-  }
-  return (acc[0] + acc[2]) + (acc[1] + acc[3]);
-}
 
 // exp(x), Cephes expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial, times 2^n built in the exponent bits.
 // Inputs are clamped to [-87.3, 88] (results 1.2e-38 .. 1.7e38); relative error ~1 ulp.

@@ -1,4 +1,4 @@
-"""Mamba's two sequence operators in plain PyTorch (every device; differentiable).
+"""Mamba's two sequence operators and the projections in plain PyTorch (every device; differentiable).
 
 Shapes follow mamba_ssm's kernels so both implementations share one interface:
 B = batch, D = d_inner (channels), L = chunk length, N = d_state, K = d_conv.
@@ -17,6 +17,28 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 # Time steps processed per block of the scan: bounds the [B, T, D, N] temporaries (memory) for long chunks.
 SCAN_BLOCK = 256
+# Bytes of weights converted to the input's dtype at a time, for weights stored in another dtype (as linear_cpu.cpp).
+LINEAR_BLOCK_BYTES = 4 << 20
+
+
+def dequantize(weight: Tensor, scale: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """weight [N, K] (int8 with per-row scale [N], or a float dtype) -> the weights it stands for, in `dtype`
+    (int8: w * scale computed in fp32)."""
+    if scale is None:
+        return weight.to(dtype)
+    return (weight.float() * scale[:, None]).to(dtype)
+
+
+def linear(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
+    """x [..., K] @ weight [N, K]^T -> [..., N] in x's dtype, with weights stored in x's dtype, another float dtype
+    (bf16 under fp32 arithmetic) or int8 with per-row `scale` (`cobra_app.model.quantize`). Weights in another dtype
+    are converted LINEAR_BLOCK_BYTES at a time: the memory of a full-precision copy is never needed."""
+    if scale is None and weight.dtype == x.dtype:
+        return F.linear(x, weight)
+    rows = max(64, LINEAR_BLOCK_BYTES // (weight.shape[1] * x.element_size()))
+    return torch.cat([F.linear(x, dequantize(weight[n : n + rows], None if scale is None else scale[n : n + rows],
+                                             x.dtype))
+                      for n in range(0, weight.shape[0], rows)], dim=-1)
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor]:
