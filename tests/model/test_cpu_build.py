@@ -50,7 +50,9 @@ def test_only_a_finished_build_counts(tmp_path, monkeypatch):
 
 
 SERVE_WHILE_BUILDING = """
+import logging
 import time
+logging.basicConfig(level=logging.INFO)  # as the app logs
 from cobra_app.model.ops import TORCH_OPS, cpu_kernel, get_ops
 start = time.perf_counter()
 cpu_kernel.load_in_background()
