@@ -8,6 +8,7 @@ import pytest
 from cobra_app.bench.release_run import release_checkpoint, write_run_dir
 from cobra_app.bench.run import build_parser, main
 from cobra_app.demo.model_config import tiny_config
+from cobra_app.demo.tokenizer import build_demo_tokenizer
 from cobra_app.loading import save_model_dir
 from cobra_app.loading.registry import MODELS, ReleaseSpec
 from tests.helpers import TINY_LLM_BACKBONE, make_tiny_vlm, offline_hub_cache, register_tiny_llm
@@ -83,8 +84,9 @@ def test_every_option_works_at_small_values(model, tmp_path, name):
 
 @pytest.mark.slow
 def test_random_weights_at_a_registered_models_sizes(tmp_path, monkeypatch):
-    """--model random:<id>: the default (random weights at cobra+3b's sizes), here at a tiny registered size."""
-    monkeypatch.setitem(MODELS, "tiny", ReleaseSpec("nowhere/tiny", "tiny", tiny_config(vocab_size=1024)))
+    """--model random:<id>: the default (random weights at cobra+3b's sizes), here at a tiny registered size (its
+    vocabulary holds the demo tokenizer's ids, which the benchmark reads, as cobra+3b's does)."""
+    monkeypatch.setitem(MODELS, "tiny", ReleaseSpec("nowhere/tiny", "tiny", tiny_config(vocab_size=len(build_demo_tokenizer()))))
     report = run("random:tiny", tmp_path, ["--no-turns", "--no-peer", "--batch-sizes", "1"])
     assert report["model"]["dtype"] == "bfloat16" and report["figures"]["decode_tok_s"] > 0
 
