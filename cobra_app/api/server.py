@@ -142,32 +142,48 @@ async def _unless_disconnected(request: Request, work) -> object | None:
     return result
 
 
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown URL, wrong method) in OpenAI's error shape."""
+    message = (f"Unknown request URL: {request.method} {request.url.path}." if exc.status_code == 404 else
+               f"{request.method} is not allowed on {request.url.path}." if exc.status_code == 405 else
+               str(exc.detail))
+    return ApiError(exc.status_code, message).response()
+
+
+def _key_check(api_key: str | None) -> Callable[[Request], None]:
+    """A dependency that refuses a request without `Authorization: Bearer <api_key>` (none when no key is set)."""
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "You didn't provide an API key. Send it in an Authorization header using Bearer "
+                                "auth (Authorization: Bearer YOUR_KEY).", code="invalid_api_key")
+        if not secrets.compare_digest(key.strip().encode(), api_key.encode()):
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    return check_key
+
+
+def _unknown_model(name: str, served: str) -> ApiError:
+    return ApiError(404, f"The model `{name}` does not exist. This server serves `{served}` (GET /v1/models).",
+                    param="model", code="model_not_found")
+
+
 def create_api(backend: ChatBackend, tokenizer, settings: ApiSettings) -> FastAPI:
     """The /v1 app over `backend`. `tokenizer`: the model's, for the log-probabilities' token texts."""
     api = FastAPI(title="Cobra Chat API (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url=None)
     slots, texts = Slots(settings.concurrency, settings.queue_size), TokenTexts(tokenizer)
     api.state.slots = slots
 
-    @api.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return exc.response()
-
-    @api.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        message = (f"Unknown request URL: {request.method} {request.url.path}." if exc.status_code == 404 else
-                   f"{request.method} is not allowed on {request.url.path}." if exc.status_code == 405 else
-                   str(exc.detail))
-        return ApiError(exc.status_code, message).response()
-
-    def check_key(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise ApiError(401, "You didn't provide an API key. Send it in an Authorization header using Bearer "
-                                "auth (Authorization: Bearer YOUR_KEY).", code="invalid_api_key")
-        if not secrets.compare_digest(key.strip().encode(), settings.api_key.encode()):
-            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+    api.add_exception_handler(ApiError, _api_error)
+    api.add_exception_handler(HTTPException, _http_error)
+    check_key = _key_check(settings.api_key)
 
     def model_object() -> ModelObject:
         return ModelObject(id=settings.model_id, created=settings.created)
@@ -176,14 +192,10 @@ def create_api(backend: ChatBackend, tokenizer, settings: ApiSettings) -> FastAP
     async def list_models() -> ModelList:
         return ModelList(data=[model_object()])
 
-    def unknown_model(name: str) -> ApiError:
-        return ApiError(404, f"The model `{name}` does not exist. This server serves `{settings.model_id}` (GET "
-                             "/v1/models).", param="model", code="model_not_found")
-
     @api.get("/models/{name:path}", dependencies=[Depends(check_key)])
     async def get_model(name: str) -> ModelObject:
         if name != settings.model_id:
-            raise unknown_model(name)
+            raise _unknown_model(name, settings.model_id)
         return model_object()
 
     async def start(chat: ChatInput, release: Callable[[], None]) -> Completion:
@@ -209,7 +221,7 @@ def create_api(backend: ChatBackend, tokenizer, settings: ApiSettings) -> FastAP
         except ValidationError as exc:
             raise from_validation_error(exc) from exc
         if req.model != settings.model_id:
-            raise unknown_model(req.model)
+            raise _unknown_model(req.model, settings.model_id)
         chat = await run_in_threadpool(read_request, req, settings.limits)
         release = await slots.acquire()
         if await request.is_disconnected():
