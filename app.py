@@ -64,10 +64,10 @@ def build_page(cfg, manager, info: dict | Callable[[], dict], banner: str):
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from cobra_app.loading import ModelUnavailableError, resolve_device
-    from cobra_app.model.ops import cpu_kernel
+    from cobra_app.loading import ModelUnavailableError
     from cobra_app.serving.config import parse_config
     from cobra_app.serving.malloc import keep_releasing_free_memory, limit_malloc_arenas
+    from cobra_app.serving.model_choice import start_cpu_kernels
     from cobra_app.ui.layout import CSS, THEME
 
     cfg = parse_config(argv)
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         demo, api, card = build_on_ray(cfg)
         info, where = card.info, f" [Ray Serve at {cfg.ray_address}]"
     else:
-        if resolve_device(cfg.device).type == "cpu":
-            cpu_kernel.load_in_background()  # never a compile before serving: PyTorch ops until the kernels are built
+        start_cpu_kernels(cfg.device)  # never a compile before serving: PyTorch ops until the kernels are built
         try:
             demo, api, choice = build(cfg)
         except ModelUnavailableError as exc:

@@ -30,7 +30,7 @@ def serving_in_thread(mount: Mount, timeout_s: float = 30.0) -> Iterator[str]:
     (http://127.0.0.1:PORT/v1). For the benchmark and the tests, which read the backend's own figures."""
     import uvicorn
 
-    from cobra_app.bench.app_process import free_port
+    from cobra_app.serving.ports import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(Starlette(routes=[mount]), host="127.0.0.1", port=port, log_level="warning"))
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from cobra_app.loading import ModelUnavailableError
     from cobra_app.serving.config import parse_config
     from cobra_app.serving.malloc import limit_malloc_arenas
-    from cobra_app.serving.model_choice import choose_model
+    from cobra_app.serving.model_choice import choose_model, start_cpu_kernels
     from cobra_app.serving.sessions import session_manager
 
     cfg = parse_config(argv, prog="python -m cobra_app serve",
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_on_ray(cfg)
     limit_malloc_arenas()
+    start_cpu_kernels(cfg.device)
     try:
         choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
                               vision=cfg.vision_weights)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from cobra_app.serving.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,12 +24,6 @@ class AppURL(str):
         self = super().__new__(cls, url)
         self.log, self.pid = log, pid
         return self
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until_answering(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:

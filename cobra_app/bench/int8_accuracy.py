@@ -4,10 +4,10 @@
    with int8 LM projections and head (computed in fp32, and in bf16), and, over the closed-set (Yes/No, True/False) items,
    the mean and largest |dP| of the reference answer (= |dP(Yes)|: the pair's probabilities sum to 1) against fp32.
    Targets: every kind within 1 point of fp32, mean |dP| <= 0.01.
-2. cobra+3b sizes, random weights (bf16, as `bench` builds them): last-position logits of a prompt, and of decode steps
-   after it, with int8 projections and head quantised from those weights, against the same bf16 weights computed in
-   fp32: |int8 - reference| / |reference| (Euclidean norms). Target <= 0.02. bf16 arithmetic on the bf16 weights is
-   shown for scale.
+2. cobra+3b sizes, random weights (bf16, as `bench` builds them: Mamba's initial spread, `build_random`), for each
+   weight seed: last-position logits of a prompt, and of decode steps after it, with int8 projections and head
+   quantised from those weights, against the same bf16 weights computed in fp32: |int8 - reference| / |reference|
+   (Euclidean norms). Target <= 0.02. bf16 arithmetic on the bf16 weights is shown for scale.
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ def relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[float]:
     return [((x - y).norm() / y.norm()).item() for x, y in zip(a, b, strict=True)]
 
 
-def cobra_3b_table(prompt_tokens: int, steps: int) -> str:
+def cobra_3b_table(prompt_tokens: int, steps: int, seed: int) -> str:
     """int8 (and bf16 arithmetic) against fp32 arithmetic on the same bf16 weights, at cobra+3b sizes."""
     config = MODELS["cobra+3b"].config
-    lm = build_random(config, torch.bfloat16).llm.eval().requires_grad_(False)
+    lm = build_random(config, torch.bfloat16, seed=seed).llm.eval().requires_grad_(False)
     ids = torch.randint(2, config.llm.vocab_size, (1, prompt_tokens + steps), generator=torch.Generator().manual_seed(0))
     lm.compute_dtype = torch.float32
     reference = logits_after(lm, ids, steps)
@@ -98,7 +98,7 @@ def cobra_3b_table(prompt_tokens: int, steps: int) -> str:
     rows["int8, bf16 compute"] = logits_after(int8, ids, steps)
     rows["bf16 weights, bf16 compute"] = logits_after(lm, ids, steps)
     lines = [f"|logits - fp32 arithmetic on the bf16 weights| / |that|, prompt of {prompt_tokens} tokens then "
-             f"{steps} decode steps (cobra+3b sizes, random weights):"]
+             f"{steps} decode steps (cobra+3b sizes, random weights, seed {seed}):"]
     for name, logits in rows.items():
         errors = relative(logits, reference)
         lines.append(f"  {name:<28} prompt {errors[0]:.4f}; steps " + " ".join(f"{e:.4f}" for e in errors[1:]))
@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--weight-seeds", type=int, nargs="+", default=[0, 1, 2], help="random cobra+3b models")
     parser.add_argument("--no-demo", dest="demo", action="store_false", help="skip the demo model's suite")
     parser.add_argument("--no-3b", dest="cobra_3b", action="store_false",
                         help="skip the cobra+3b-sized check (about 10 GB of memory)")
@@ -121,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         print(demo_table(demo_results(args.model, args.n, args.seed)), flush=True)
     if args.cobra_3b:
-        print(cobra_3b_table(args.prompt_tokens, args.steps))
+        for seed in args.weight_seeds:
+            print(cobra_3b_table(args.prompt_tokens, args.steps, seed), flush=True)
     return 0
 
 

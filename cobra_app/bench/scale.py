@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from cobra_app.bench.app_process import free_port
+    from cobra_app.serving.ports import free_port
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     port = free_port()

@@ -83,8 +83,9 @@ def _load_model(args):
     --model the released model, or the offline demo model with a notice when it can't be fetched; an explicit --model
     is never silently replaced."""
     from cobra_app.loading import ModelUnavailableError
-    from cobra_app.serving.model_choice import choose_model
+    from cobra_app.serving.model_choice import choose_model, start_cpu_kernels
 
+    start_cpu_kernels(args.device)  # the first reply never waits for a compile: PyTorch ops until the kernels are built
     source = args.model or DEFAULT_MODEL
     fallback = None if args.model else str(DEMO_MODEL_DIR)
     try:
@@ -243,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     if image is not None:
         manager.set_image(chat.sid, image)
     info = cobra.info()
-    print(f"Cobra Chat - {info['model_id']} from {info['source']} ({info['device']}, {cobra.vlm.precision.label}); "
+    kernels = f"; CPU kernels {info['cpu_kernels']}" if info["cpu_kernels"] else ""
+    print(f"Cobra Chat - {info['model_id']} from {info['source']} ({info['device']}, {cobra.vlm.precision.label}, "
+          f"{info['ops']} ops{kernels}); "
           f"{'image: ' + str(args.image) if image is not None else 'text only'}.")
     print(COMMANDS_HELP)
     try:

@@ -3,9 +3,9 @@
 Parameter names match mamba_ssm's `MambaLMHeadModel`, so a released `llm_backbone` state dict loads directly once its
 `llm.` prefix is stripped. Numerics follow the release: the residual stream, RMSNorm, convolution and scan run in fp32;
 the large matrices (embedding, in/x/dt/out projections) are stored in the weight dtype (fp32, bf16 or fp16; the
-projections and LM head optionally int8 with per-row scales, `quantize.py`) and multiplied in the compute dtype (the weight dtype,
-or fp32 for bf16 weights on CPUs whose bf16 arithmetic is slow); small parameters (norms, conv, A_log, D, dt bias) are
-kept in fp32.
+projections and LM head optionally int8 with group scales, `quantize.py`) and multiplied in the compute dtype (the
+weight dtype, or fp32 for bf16 weights on CPUs whose bf16 arithmetic is slow); small parameters (norms, conv, A_log, D,
+dt bias) are kept in fp32.
 
 Shapes: B batch, L chunk length, d = d_model, D = d_inner, N = d_state, K = d_conv, R = dt_rank, V = vocab.
 """
@@ -214,7 +214,7 @@ class MambaMixer(nn.Module):
 
 
 def weight_scale(layer: nn.Linear) -> Tensor | None:
-    """The per-row scales of an int8 layer (`quantize.py`), None for float weights."""
+    """The group scales [N, groups] of an int8 layer (`quantize.py`), None for float weights."""
     return getattr(layer, "weight_scale", None)
 
 

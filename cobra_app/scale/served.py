@@ -85,14 +85,11 @@ class ServedModel:
 
 def build_served_model(cfg, threads: int) -> ServedModel:
     """Load the model of `cfg` (an AppConfig) in this process, with `threads` intra-op threads."""
-    from cobra_app.loading import resolve_device
-    from cobra_app.model.ops import cpu_kernel
-    from cobra_app.serving.model_choice import choose_model
+    from cobra_app.serving.model_choice import choose_model, start_cpu_kernels
     from cobra_app.serving.sessions import session_manager
 
     torch.set_num_threads(threads)
-    if resolve_device(cfg.device).type == "cpu":
-        cpu_kernel.load_in_background()  # as the app: PyTorch ops serve until the kernels are built, no compile first
+    start_cpu_kernels(cfg.device)  # as the app: PyTorch ops serve until the kernels are built, no compile first
     choice = choose_model(cfg.model, cfg.fallback_model, device=cfg.device, dtype=cfg.dtype, llm=cfg.llm,
                           vision=cfg.vision_weights)
     return ServedModel(session_manager(cfg, choice.cobra), choice.banner())

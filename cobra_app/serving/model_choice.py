@@ -57,6 +57,17 @@ def _is_local(source: str) -> bool:
     return Path(source).exists()
 
 
+def start_cpu_kernels(device: str) -> None:
+    """Before loading a model to serve on `device`: on a CPU, the kernels load now when a build is cached, else they
+    build in a background process while PyTorch ops serve (`cpu_kernel.load_in_background`): never a compile before
+    the first reply."""
+    from cobra_app.loading import resolve_device
+    from cobra_app.model.ops import cpu_kernel
+
+    if resolve_device(device).type == "cpu":
+        cpu_kernel.load_in_background()
+
+
 def choose_model(requested: str, fallback: str | None, device: str = "auto", dtype: str = "auto",
                  loader=None, llm: str | None = None, vision: str | None = None) -> ModelChoice:
     """Load `requested` (with `llm` / `vision`, the files of a release-layout run); on ModelUnavailableError load

@@ -143,3 +143,31 @@ def test_bad_arguments(monkeypatch, capsys, model_dir, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         run_chat(monkeypatch, capsys, ["--model", str(model_dir), "--top-p", "0"], [])
     assert exit_.value.code == 2
+
+
+def test_the_first_reply_never_waits_for_a_kernel_build(monkeypatch, capsys, model_dir):
+    """A machine without a built kernel: the chat answers on PyTorch ops while the build runs in the background."""
+    import threading
+
+    from cobra_app.model.ops import cpu_build, cpu_kernel
+
+    building, finish = threading.Event(), threading.Event()
+
+    def slow_build():  # stands in for the compile (about a minute): it ends only after the chat has answered
+        building.set()
+        finish.wait(timeout=60)
+
+    monkeypatch.setattr(cpu_kernel, "_loaded", False)
+    monkeypatch.setattr(cpu_kernel, "_error", None)
+    monkeypatch.setattr(cpu_kernel, "_background", None)
+    monkeypatch.setattr(cpu_build, "cached_library", lambda: None)
+    monkeypatch.setattr(cpu_kernel, "_build_then_load", slow_build)
+    try:
+        code, out, err = run_chat(monkeypatch, capsys, ["--model", str(model_dir), "--device", "cpu",
+                                                        "--max-new-tokens", "4", "--stats"], ["Hello?", "/quit"])
+        assert building.is_set() and cpu_kernel._background.is_alive()  # the build was still running at the end
+    finally:
+        finish.set()
+    assert code == 0, err
+    assert len(replies(out)) == 1
+    assert "torch ops; CPU kernels building in the background (PyTorch ops until then)" in out  # the banner says so

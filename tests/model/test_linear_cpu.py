@@ -5,8 +5,8 @@ Every ISA variant this CPU can run is tested (the `isa` fixture, tests/model/con
   product (fp32 summation; one wrong weight of 5120 would be ~2^-12 of it);
 - bf16 inputs and weights: rounded once to bf16, so within half a bf16 ulp plus that, and never further from the exact
   product than torch's own bf16 F.linear;
-- int8 weights: the inputs are rounded to int16 steps of max|x| / 32767 first, so within step / 2 * sum_k |w_k| plus
-  the fp32 bound, of x @ (q * scale)^T;
+- int8 weights (one scale per INT8_GROUP weights of a row): the inputs are rounded to int16 steps of max|x| / 32767
+  first, so within step / 2 * sum_k |w_k| plus the fp32 bound, of x @ (q * scale of k's group)^T;
 - longer inputs (the blocked path) and `torch_ops.linear`: torch's matmul on the converted weights, equal to F.linear
   on the whole converted matrix up to fp32 (or bf16) rounding.
 """
@@ -18,16 +18,23 @@ import torch
 import torch.nn.functional as F
 
 from cobra_app.model.ops import torch_ops
-from cobra_app.model.quantize import quantize_rows
+from cobra_app.model.ops.torch_ops import INT8_GROUP
+from cobra_app.model.quantize import quantize_groups
 
-# (rows, K, N): decode rows 1-8, odd K (scalar tails) and N (an unpaired last row), Cobra-3B in_proj / x_proj widths
+# (rows, K, N): decode rows 1-8, odd K (scalar tails, a row shorter than an int8 group) and N (an unpaired last row),
+# Cobra-3B in_proj / x_proj widths
 DECODE_SHAPES = [(1, 2560, 1024), (1, 160, 77), (1, 64, 5), (2, 300, 19), (3, 37, 65), (4, 2560, 131), (8, 5120, 33),
-                 (5, 96, 2), (7, 5120, 192)]
+                 (5, 96, 2), (7, 5120, 192), (1, 20, 9)]
 
 
 def operands(rows: int, k: int, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed * 7919 + rows * 1000 + k + n)
     return torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g)
+
+
+def widened(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """int8 q [N, K] with scale [N, G] -> q[n, k] * scale[n, k // INT8_GROUP] in fp64."""
+    return q.double() * scale.double()[:, torch.arange(q.shape[1]) // INT8_GROUP]
 
 
 def exact(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,10 +68,10 @@ def test_bf16_inputs_and_weights_are_rounded_once(isa, kernel_ops, rows, k, n):
 def test_int8_weights(isa, kernel_ops, rows, k, n):
     x, w = operands(rows, k, n, seed=2)
     x[0, k // 2] = 40.0  # an outlier sets the input's int16 step
-    q, scale = quantize_rows(w)
+    q, scale = quantize_groups(w)
     out = kernel_ops.linear(x, q, scale)
     assert out.shape == (rows, n) and out.dtype == torch.float32
-    dequantized = q.double() * scale.double()[:, None]
+    dequantized = widened(q, scale)
     reference, magnitude = exact(x, dequantized)
     step = x.abs().amax(dim=1, keepdim=True).double() / 32767
     bound = step / 2 * dequantized.abs().sum(dim=1) + magnitude * 2.0**-18
@@ -77,7 +84,7 @@ def test_bf16_inputs_with_widened_weights_are_the_fp32_product_rounded_once(isa,
     values, one rounding to bf16."""
     x, w = operands(3, 320, 40, seed=3)
     x = x.bfloat16()
-    stored, scale = quantize_rows(w) if weights == "int8" else (w.bfloat16(), None)
+    stored, scale = quantize_groups(w) if weights == "int8" else (w.bfloat16(), None)
     out = kernel_ops.linear(x, stored, scale)
     assert out.dtype == torch.bfloat16
     if weights == "int8" or isa != "avx512_bf16":
@@ -93,8 +100,8 @@ def test_longer_inputs_use_the_matmul_on_converted_blocks(kernel_ops, weights, c
     x, w = operands(rows, k, n, seed=4)
     x = x.to(compute)
     if weights == "int8":
-        q, scale = quantize_rows(w)
-        stored, converted = q, (q.float() * scale[:, None]).to(compute)
+        q, scale = quantize_groups(w)
+        stored, converted = q, widened(q, scale).to(compute)
     else:
         stored, scale = w.bfloat16(), None
         converted = stored.to(compute)
@@ -117,11 +124,14 @@ def test_same_dtype_products_are_f_linear(kernel_ops):
 
 
 def test_int8_weights_need_their_scales(kernel_ops):
-    q, scale = quantize_rows(torch.randn(4, 32))
+    q, scale = quantize_groups(torch.randn(4, 32))
     with pytest.raises(RuntimeError, match="scales"):
         torch.ops.cobra_linear.linear(torch.randn(1, 32), q, None)
     with pytest.raises(RuntimeError, match="scales"):
         torch.ops.cobra_linear.linear(torch.randn(1, 32), q.float(), scale)
+    for wrong in (scale[:, 0], scale.float()):  # one scale per row; fp32 scales
+        with pytest.raises(RuntimeError, match=r"scale must be bf16 \[N, ceil\(K / 32\)\]"):
+            torch.ops.cobra_linear.linear(torch.randn(1, 32), q, wrong)
 
 
 def test_kernel_isa_matches_the_python_side_detection(kernel_ops):

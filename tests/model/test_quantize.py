@@ -1,33 +1,52 @@
-"""int8 weight-only quantisation (`cobra_app.model.quantize`): per-row symmetric scales, what is quantised, the copy
-the benchmark decodes with."""
+"""int8 weight-only quantisation (`cobra_app.model.quantize`): symmetric scales per group of INT8_GROUP weights of a
+row, what is quantised, the copy the benchmark decodes with."""
 
 import torch
 
 from cobra_app.model.mamba import MambaLM
-from cobra_app.model.quantize import QMAX, quantize_lm_, quantize_rows, quantized_copy
+from cobra_app.model.ops.torch_ops import INT8_GROUP, dequantize
+from cobra_app.model.quantize import QMAX, bf16_at_least, quantize_groups, quantize_lm_, quantized_copy
 from tests.model import test_mamba as tm
 
 
-def test_rows_get_symmetric_scales_and_round_to_the_nearest_step():
+def test_each_group_of_a_row_gets_its_symmetric_scale_and_rounds_to_the_nearest_step():
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(37, 300, generator=g) * torch.logspace(-3, 1, 37)[:, None]  # rows of very different ranges
+    K = 3 * INT8_GROUP + 20  # a short last group
+    w = torch.randn(37, K, generator=g) * torch.logspace(-3, 1, 37)[:, None]  # rows of very different ranges
+    w[:, :INT8_GROUP] *= 100  # a group far larger than the rest of its row: its step must not be theirs
     w[5] = 0.0
-    q, scale = quantize_rows(w.bfloat16())
-    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (37,)
-    assert q.abs().max() <= QMAX and scale[5] == 1 and not q[5].any()
+    w[6, INT8_GROUP : 2 * INT8_GROUP] = 0.0
+    q, scale = quantize_groups(w.bfloat16())
+    groups = -(-K // INT8_GROUP)
+    assert q.dtype == torch.int8 and scale.dtype == torch.bfloat16 and scale.shape == (37, groups)
+    assert q.abs().max() <= QMAX and (scale[5] == 1).all() and not q[5].any() and scale[6, 1] == 1
     w = w.bfloat16().float()
-    peaks = w.abs().amax(dim=1)
-    torch.testing.assert_close(scale[peaks > 0], peaks[peaks > 0] / QMAX)
-    assert (q[peaks > 0].abs().amax(dim=1) == QMAX).all()  # each row's largest weight maps to +-127
-    error = (q.float() * scale[:, None] - w).abs()
-    assert (error <= scale[:, None] / 2 + w.abs() * 2.0**-22).all()  # half a step, plus fp32 rounding
+    group = torch.arange(K) // INT8_GROUP
+    peaks = torch.stack([w[:, group == i].abs().amax(dim=1) for i in range(groups)], dim=1)  # [37, groups]
+    scale = scale.float()
+    exact = peaks[peaks > 0] / QMAX  # each scale: the bf16 at or just above its group's peak / 127
+    assert (scale[peaks > 0] >= exact).all() and (scale[peaks > 0] < exact * (1 + 2.0**-7)).all()
+    for i in range(groups):  # each group's largest weight maps to +-127 (or 126: the scale is rounded up)
+        assert (q[:, group == i].abs().amax(dim=1)[peaks[:, i] > 0] >= QMAX - 1).all()
+    per_weight = scale[:, group]
+    error = (q.float() * per_weight - w).abs()
+    assert (error <= per_weight / 2 + w.abs() * 2.0**-22).all()  # half a step of its own group, plus fp32 rounding
+    assert torch.equal(dequantize(q, scale, torch.float32), q.float() * per_weight)
 
 
 def test_large_matrices_are_quantised_a_block_of_rows_at_a_time_with_the_same_result():
-    w = torch.randn(5000, 1000, generator=torch.Generator().manual_seed(1))  # several 16 MB blocks
-    q, scale = quantize_rows(w)
-    s = w.abs().amax(dim=1) / QMAX
-    assert torch.equal(scale, s) and torch.equal(q, torch.round(w / s[:, None]).to(torch.int8))
+    w = torch.randn(5000, 1000, generator=torch.Generator().manual_seed(1))  # several 16 MB blocks, K % 64 = 40
+    q, scale = quantize_groups(w)
+    group = torch.arange(1000) // INT8_GROUP
+    s = bf16_at_least(torch.stack([w[:, group == i].abs().amax(dim=1) for i in range(scale.shape[1])], dim=1) / QMAX)
+    assert torch.equal(scale, s) and torch.equal(q, torch.round(w / s.float()[:, group]).to(torch.int8))
+
+
+def test_a_scale_is_the_nearest_bf16_at_or_above_the_value():
+    values = torch.rand(10000, generator=torch.Generator().manual_seed(2)) * 10.0 ** torch.randint(-8, 2, (10000,))
+    up = bf16_at_least(values).float()
+    step_below = (bf16_at_least(values).view(torch.int16) - 1).view(torch.bfloat16).float()
+    assert (up >= values).all() and (step_below < values).all()
 
 
 def test_every_matrix_a_decode_step_reads_becomes_int8():

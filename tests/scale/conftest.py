@@ -25,7 +25,7 @@ class RayServe:
 def ray_cluster():
     ray = pytest.importorskip("ray")
     serve = pytest.importorskip("ray.serve")
-    from cobra_app.bench.app_process import free_port
+    from cobra_app.serving.ports import free_port
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}})

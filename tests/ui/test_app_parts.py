@@ -127,7 +127,7 @@ def test_a_tab_gone_leaves_neither_its_conversation_nor_gradios_record_of_it(tin
     from gradio_client import Client, handle_file
 
     import app
-    from cobra_app.bench.app_process import free_port
+    from cobra_app.serving.ports import free_port
 
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "0.2")  # the server notices a closed client within 0.2 s
     caplog.set_level(logging.INFO, logger="cobra_app.ui.handlers")

@@ -37,8 +37,8 @@ DECODE_WEIGHTS = ("norm", "in_proj", "in_proj_scale", "conv_w", "conv_b", "x_pro
 class MambaOps:
     """A named set of operators: `causal_conv1d(x, weight, bias, conv_state)`,
     `selective_scan(u, delta, A, B, C, D, z, delta_bias, ssm_state)` (see `torch_ops` for shapes), the bias-free
-    projection `linear(x [..., K], weight [N, K], scale [N] | None) -> [..., N]` in x's dtype for weights stored in
-    x's dtype, bf16 or int8 with per-row scales (`torch_ops.linear` unless a kernel is faster), and
+    projection `linear(x [..., K], weight [N, K], scale [N, groups] | None) -> [..., N]` in x's dtype for weights
+    stored in x's dtype, bf16 or int8 with group scales (`torch_ops.linear` unless a kernel is faster), and
     optionally `decode_layers(hidden, weights, conv_states, ssm_states, eps)`: one decoding step of the whole layer
     stack in one call (`cpu_kernel.decode_layers`; weights: `DECODE_WEIGHTS` of every layer), equal to the unfused
     operators; it returns None for inputs it does not cover."""

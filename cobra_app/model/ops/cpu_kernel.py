@@ -186,9 +186,9 @@ def selective_scan(
 
 
 def linear(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
-    """`torch_ops.linear` (x [..., K], weight [N, K] in x's dtype, bf16 or int8 with scale [N] -> [..., N] in x's
-    dtype). Outside autograd, on CPU tensors, the library's `cobra_linear.linear` chooses: decode-sized products (up to
-    8 rows) on the matrix-vector kernels, longer ones on torch's matmul (in blocks where the weights are stored in
+    """`torch_ops.linear` (x [..., K], weight [N, K] in x's dtype, bf16 or int8 with scale [N, groups] -> [..., N] in
+    x's dtype). Outside autograd, on CPU tensors, the library's `cobra_linear.linear` chooses: decode-sized products (up
+    to 8 rows) on the matrix-vector kernels, longer ones on torch's matmul (in blocks where the weights are stored in
     another dtype)."""
     if (
         _loaded

@@ -35,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor> scan(const at::Tensor& u, const at::Tensor& d
 }
 
 // The decode projections exactly as `cpu_kernel.linear` computes them: torch.ops.cobra_linear.linear, which chooses
-// the kernel for the weights' dtype (linear_cpu.cpp); int8 weights come with their per-row scales.
+// the kernel for the weights' dtype (linear_cpu.cpp); int8 weights come with their group scales.
 at::Tensor project(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& scale) {
   static const auto linear =
       c10::Dispatcher::singleton()
@@ -48,7 +48,7 @@ at::Tensor project(const at::Tensor& x, const at::Tensor& w, const std::optional
 // precision, as the unfused path (torch_ops.causal_conv1d for one token, the x_proj and dt_proj projections as
 // `project`, then the compiled scan's selective_scan_fwd).
 // xz [M, 2D] (in_proj output, x then z); conv_state [M, D, K]; conv_w [D, K]; conv_b, dt_bias, Dv [D]; x_proj_w
-// [R + 2N, D]; dt_proj_w [D, R]; A [D, N] fp32; ssm_state [M, D, N] fp32; x_proj_scale, dt_proj_scale: the per-row
+// [R + 2N, D]; dt_proj_w [D, R]; A [D, N] fp32; ssm_state [M, D, N] fp32; x_proj_scale, dt_proj_scale: the group
 // scales of int8 projection weights, else none.
 // Returns (y [M, D] in xz's dtype, new conv_state [M, D, K], new ssm_state [M, D, N] fp32).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_step(
@@ -101,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_step(
 }
 
 
-// The tensors of one layer in `layers`, in this order (scales: the per-row scales of int8 weights, else none).
+// The tensors of one layer in `layers`, in this order (scales: the group scales of int8 weights, else none).
 enum Weight { kNorm, kInProj, kInScale, kConvW, kConvB, kXProj, kXScale, kDtProj, kDtScale, kDtBias, kA, kD, kOutProj,
               kOutScale, kWeightsPerLayer };
 

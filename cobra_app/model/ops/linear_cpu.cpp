@@ -1,5 +1,6 @@
 // Projections for CPU inference, registered as torch.ops.cobra_linear.linear: y[M, N] = x[M, K] @ w[N, K]^T with
-// weights stored in x's dtype, in bf16, or in int8 with one fp32 scale per output row (weight-only quantisation).
+// weights stored in x's dtype, in bf16, or in int8 with one bf16 scale per group of kQ8Group weights of a row
+// (weight-only quantisation).
 //
 // Decoding one token reads every weight once, so its speed is set by how fast the weights stream from memory; for
 // up to kMaxRows input rows (sequences decoded together) the kernels here stream each weight row once for all rows:
@@ -103,14 +104,15 @@ namespace avx512vnni {  // the int8 kernels' multiply-add pairs in one instructi
 #endif
 
 using Bf16Fn = void (*)(const float*, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t);
-using Int8Fn = void (*)(const int16_t*, const float*, const int8_t*, const float*, float*, int64_t, int64_t, int64_t,
-                        int64_t);
+using Int8Fn = void (*)(const int16_t*, const float*, const int8_t*, const uint16_t*, float*, int64_t, int64_t,
+                        int64_t, int64_t);
 
 // Weight rows per pass R and partial sums S for M input rows: each weight vector serves R x M products, and the
 // S x R x M sums (<= 8: 16 vector registers on AVX2 and the baseline, 32 on AVX-512) hide the multiply-add latency.
+// int8: R8 rows per pass, each with an int32 and an fp32 sum per input row (2 * R8 * M <= 8 on AVX2).
 template <int M>
 struct Shape {
-  static constexpr int R = M <= 4 ? 2 : 1, S = M <= 2 ? 2 : 1, R512 = 2;
+  static constexpr int R = M <= 4 ? 2 : 1, S = M <= 2 ? 2 : 1, R512 = 2, R8 = M <= 2 ? 2 : 1;
 };
 
 template <int M>
@@ -119,14 +121,14 @@ std::pair<Bf16Fn, Int8Fn> pick_columns() {
   switch (cobra_cpu::current_isa()) {
 #if COBRA_CPU_MULTI_ISA
     case Isa::kAvx512Bf16:
-      return {avx512::columns_bf16<M, Sh::R512, Sh::S>, avx512vnni::columns_int8<M, Sh::R512, Sh::S>};
+      return {avx512::columns_bf16<M, Sh::R512, Sh::S>, avx512vnni::columns_int8<M, Sh::R8>};
     case Isa::kAvx512:
-      return {avx512::columns_bf16<M, Sh::R512, Sh::S>, avx512::columns_int8<M, Sh::R512, Sh::S>};
+      return {avx512::columns_bf16<M, Sh::R512, Sh::S>, avx512::columns_int8<M, Sh::R8>};
     case Isa::kAvx2:
-      return {avx2::columns_bf16<M, Sh::R, Sh::S>, avx2::columns_int8<M, Sh::R, Sh::S>};
+      return {avx2::columns_bf16<M, Sh::R, Sh::S>, avx2::columns_int8<M, Sh::R8>};
 #endif
     default:
-      return {base::columns_bf16<M, Sh::R, Sh::S>, base::columns_int8<M, Sh::R, Sh::S>};
+      return {base::columns_bf16<M, Sh::R, Sh::S>, base::columns_int8<M, Sh::R8>};
   }
 }
 
@@ -190,8 +192,9 @@ float quantize_row(const float* x, int16_t* q, int64_t K) {
   return step;
 }
 
-// fp32 x [M, K], int8 w [N, K] (both contiguous), scale [N] -> fp32 y [M, N]. Each input row is rounded to int16
-// steps of max|x_m| / 32767 first (error <= 2^-16 of its largest value: ~250x below the weights' own rounding).
+// fp32 x [M, K], int8 w [N, K] (both contiguous), bf16 scale [N, ceil(K / kQ8Group)] -> fp32 y [M, N]. Each input
+// row is rounded to int16 steps of max|x_m| / 32767 first (error <= 2^-16 of its largest value: ~250x below the
+// weights' own rounding).
 at::Tensor linear_int8_weights(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   at::Tensor xq = at::empty({M, K}, x.options().dtype(at::kShort));
@@ -201,7 +204,8 @@ at::Tensor linear_int8_weights(const at::Tensor& x, const at::Tensor& w, const a
   for (int64_t m = 0; m < M; ++m) x_scale.data_ptr<float>()[m] = quantize_row(xp + m * K, qp + m * K, K);
   at::Tensor y = at::empty({M, N}, x.options());
   const auto* wp = reinterpret_cast<const int8_t*>(w.data_ptr());
-  const float *sp = scale.data_ptr<float>(), *xs = x_scale.data_ptr<float>();
+  const auto* sp = reinterpret_cast<const uint16_t*>(scale.data_ptr());
+  const float* xs = x_scale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const Int8Fn fn = pick_columns(M).second;
   at::parallel_for(0, (N + 1) / 2, 64, [&](int64_t begin, int64_t end) {
@@ -210,10 +214,13 @@ at::Tensor linear_int8_weights(const at::Tensor& x, const at::Tensor& w, const a
   return y;
 }
 
-// w [N, K] (int8 with scale [N], or any float dtype) -> the weights w * scale in `dtype` (products in fp32).
+// w [N, K] (int8 with scale [N, ceil(K / kQ8Group)], or any float dtype) -> the weights w * scale of their group in
+// `dtype` (products in fp32).
 at::Tensor dequantize(const at::Tensor& w, const std::optional<at::Tensor>& scale, at::ScalarType dtype) {
   if (!scale) return w.to(dtype);
-  return (w.to(at::kFloat) * scale->unsqueeze(1)).to(dtype);
+  const at::Tensor per_weight =
+      scale->to(at::kFloat).repeat_interleave(base::kQ8Group, 1).narrow(1, 0, w.size(1));  // [N, K]
+  return (w.to(at::kFloat) * per_weight).to(dtype);
 }
 
 // x [M, K] @ dequantize(w)^T in x's dtype, kBlockBytes of converted weights at a time.
@@ -230,16 +237,18 @@ at::Tensor linear_blocked(const at::Tensor& x, const at::Tensor& w, const std::o
   return y;
 }
 
-// x [M, K] (fp32, bf16 or fp16), w [N, K] (x's dtype, bf16, or int8 with scale [N] fp32) -> x @ w^T [M, N] in x's
-// dtype. The one place that chooses a kernel; Python's `cpu_kernel.linear` and the fused decode step's projections
-// both call it.
+// x [M, K] (fp32, bf16 or fp16), w [N, K] (x's dtype, bf16, or int8 with bf16 scale [N, groups]) -> x @ w^T [M, N] in
+// x's dtype. The one place that chooses a kernel; Python's `cpu_kernel.linear` and the fused decode step's
+// projections both call it.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& scale) {
   TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), "cobra_linear: x [M, K] and w [N, K]");
   const bool quantized = w.scalar_type() == at::kChar;
   TORCH_CHECK(quantized == scale.has_value(), "cobra_linear: int8 weights need their scales, and only they");
   if (quantized) {
-    TORCH_CHECK(scale->dim() == 1 && scale->size(0) == w.size(0) && scale->scalar_type() == at::kFloat,
-                "cobra_linear: scale must be fp32 [N]");
+    const int64_t groups = (w.size(1) + base::kQ8Group - 1) / base::kQ8Group;
+    TORCH_CHECK(scale->dim() == 2 && scale->size(0) == w.size(0) && scale->size(1) == groups &&
+                    scale->scalar_type() == at::kBFloat16,
+                "cobra_linear: scale must be bf16 [N, ceil(K / ", base::kQ8Group, ")]");
   }
   const at::ScalarType xt = x.scalar_type(), wt = w.scalar_type();
   const int64_t M = x.size(0);

@@ -6,10 +6,10 @@
 //
 // bf16 weights: fp32 arithmetic. A chunk of weights at a time becomes fp32 by a 16-bit shift (exact), then fp32 fused
 // multiply-adds into kLanes partial sums per (row, output), summed at the end (GCC/Clang vector extensions).
-// int8 weights: integer arithmetic. The input rows arrive as int16 (rounded by the caller to 1/32767 of each row's
-// largest magnitude); weights are sign-extended to int16 and multiplied in pairs into int32 lanes (pmaddwd, or
-// AVX-512 VNNI's vpdpwssd), exactly, over blocks of kQ8Block weights (no overflow: |w| <= 127, |x| <= 32767); the
-// block sums are added in fp32 and scaled by the input row's and the weight row's scales.
+// int8 weights: integer arithmetic within a group. The input rows arrive as int16 (rounded by the caller to 1/32767 of
+// each row's largest magnitude); weights are sign-extended to int16 and multiplied in pairs into int32 lanes
+// (pmaddwd, or AVX-512 VNNI's vpdpwssd), exactly, over each group of kQ8Group weights that shares one bf16 scale;
+// each group's lanes become fp32 and are added scaled by the group's scale, and the row's sum by the input row's.
 
 #define CL_INLINE inline __attribute__((always_inline))
 
@@ -90,10 +90,11 @@ void columns_bf16(const float* x, const uint16_t* w, float* y, int64_t N, int64_
   }
 }
 
-// int8 x int16 multiply-adds into int32 lanes, kQ8Step weights per step.
+// int8 x int16 multiply-adds into int32 lanes, kQ8Step weights per step; Q8Sum: fp32 lanes of scaled group sums.
 #if COBRA_CPU_LANES == 16
 constexpr int64_t kQ8Step = 32;
 typedef __m512i Q8Acc;
+typedef vf Q8Sum;
 CL_INLINE Q8Acc q8_zero() { return _mm512_setzero_si512(); }
 CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
@@ -104,83 +105,103 @@ CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   return _mm512_add_epi32(acc, _mm512_madd_epi16(wv, xv));
 #endif
 }
+CL_INLINE Q8Sum q8_scaled_add(Q8Sum sum, Q8Acc acc, float scale) {
+  const __m512 lanes = _mm512_cvtepi32_ps(acc);
+  Q8Sum v;
+  std::memcpy(&v, &lanes, sizeof(v));
+  return sum + v * scale;
+}
+CL_INLINE float q8_total(Q8Sum sum) { return hsum(sum); }
 #elif COBRA_CPU_LANES == 8
 constexpr int64_t kQ8Step = 16;
 typedef __m256i Q8Acc;
+typedef vf Q8Sum;
 CL_INLINE Q8Acc q8_zero() { return _mm256_setzero_si256(); }
 CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
   const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   return _mm256_add_epi32(acc, _mm256_madd_epi16(wv, xv));
 }
+CL_INLINE Q8Sum q8_scaled_add(Q8Sum sum, Q8Acc acc, float scale) {
+  const __m256 lanes = _mm256_cvtepi32_ps(acc);
+  Q8Sum v;
+  std::memcpy(&v, &lanes, sizeof(v));
+  return sum + v * scale;
+}
+CL_INLINE float q8_total(Q8Sum sum) { return hsum(sum); }
 #else
 constexpr int64_t kQ8Step = 16;
 struct Q8Acc {
   int32_t lane[kQ8Step];
+};
+struct Q8Sum {
+  float lane[kQ8Step];
 };
 CL_INLINE Q8Acc q8_zero() { return Q8Acc{}; }
 CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* __restrict w, const int16_t* __restrict x) {
   for (int64_t i = 0; i < kQ8Step; ++i) acc.lane[i] += static_cast<int32_t>(w[i]) * static_cast<int32_t>(x[i]);
   return acc;
 }
-#endif
-
-// The exact sum of the int32 lanes.
-CL_INLINE int64_t q8_sum(const Q8Acc& acc) {
-  int32_t lanes[sizeof(Q8Acc) / sizeof(int32_t)];
-  std::memcpy(lanes, &acc, sizeof(lanes));
-  int64_t sum = 0;
-  for (const int32_t lane : lanes) sum += lane;
+CL_INLINE Q8Sum q8_scaled_add(Q8Sum sum, const Q8Acc& acc, float scale) {
+  for (int64_t i = 0; i < kQ8Step; ++i) sum.lane[i] += static_cast<float>(acc.lane[i]) * scale;
   return sum;
 }
+CL_INLINE float q8_total(const Q8Sum& sum) {
+  float total = 0.f;
+  for (const float lane : sum.lane) total += lane;
+  return total;
+}
+#endif
 
-// Weights per exact int32 sum: a lane gets at most 2048 / 8 products of |w x| <= 127 * 32767 (8 lanes of pairs on
-// AVX2), 1.07e9 < 2^31.
-constexpr int64_t kQ8Block = 2048;
+// Weights per scale along a row (the last group of a row may be shorter): cobra_app/model/ops/torch_ops.py's
+// INT8_GROUP. A group's int32 lanes hold at most 32 / 8 products of |w x| <= 127 * 32767: no overflow.
+constexpr int64_t kQ8Group = 32;
+static_assert(kQ8Group % kQ8Step == 0, "a group is whole steps");
 
-// y[m, n] = x_scale[m] * w_scale[n] * sum_k xq[m, k] w[n, k] for n in [n0, n1), m < M; xq [M, K] int16,
-// w [N, K] int8. R rows per pass and S partial sums as in columns_bf16.
-template <int M, int R, int S>
-void columns_int8(const int16_t* xq, const float* x_scale, const int8_t* w, const float* w_scale, float* y, int64_t N,
-                  int64_t K, int64_t n0, int64_t n1) {
-  static_assert(kQ8Block % (S * kQ8Step) == 0, "blocks hold whole steps");
-  constexpr int64_t kStride = S * kQ8Step;
-  const int64_t k_vec = K / kStride * kStride;
-  constexpr int64_t kStepBytes = R * kStride;  // weight bytes read per step
+// y[m, n] = x_scale[m] * sum_g w_scale[n, g] * sum_{k in group g} xq[m, k] w[n, k] for n in [n0, n1), m < M;
+// xq [M, K] int16, w [N, K] int8, w_scale [N, ceil(K / kQ8Group)] bf16. R rows per pass as in columns_bf16; the
+// R x M chains of multiply-adds overlap their latency.
+template <int M, int R>
+void columns_int8(const int16_t* xq, const float* x_scale, const int8_t* w, const uint16_t* w_scale, float* y,
+                  int64_t N, int64_t K, int64_t n0, int64_t n1) {
+  const int64_t groups = (K + kQ8Group - 1) / kQ8Group, full = K / kQ8Group;
+  constexpr int64_t kStepBytes = R * kQ8Group;  // weight bytes read per group
   for (int64_t n = n0; n < n1; n += R) {
     const int64_t rows = std::min<int64_t>(R, n1 - n);
     const int8_t* wr[R];
-    for (int r = 0; r < R; ++r) wr[r] = w + (n + std::min<int64_t>(r, rows - 1)) * K;
+    const uint16_t* sr[R];
+    for (int r = 0; r < R; ++r) {
+      const int64_t row = n + std::min<int64_t>(r, rows - 1);
+      wr[r] = w + row * K;
+      sr[r] = w_scale + row * groups;
+    }
     const char* stream = reinterpret_cast<const char*>(wr[0]) + kPrefetchBytes;
-    float total[R][M] = {};
-    for (int64_t k0 = 0; k0 < k_vec; k0 += kQ8Block) {
-      Q8Acc acc[S][R][M];
-      for (int a = 0; a < S; ++a)
-        for (int r = 0; r < R; ++r)
-          for (int m = 0; m < M; ++m) acc[a][r][m] = q8_zero();
-      for (int64_t k = k0; k < std::min(k0 + kQ8Block, k_vec); k += kStride) {
-        for (int64_t b = 0; b < kStepBytes; b += 64) __builtin_prefetch(stream + R * k + b, 0, 2);
-        for (int a = 0; a < S; ++a) {
-          for (int m = 0; m < M; ++m) {
-            for (int r = 0; r < R; ++r) {
-              acc[a][r][m] = q8_madd(acc[a][r][m], wr[r] + k + a * kQ8Step, xq + m * K + k + a * kQ8Step);
-            }
-          }
-        }
-      }
-      for (int r = 0; r < R; ++r) {
+    Q8Sum sum[R][M];
+    for (int r = 0; r < R; ++r)
+      for (int m = 0; m < M; ++m) sum[r][m] = Q8Sum{};
+    for (int64_t g = 0; g < full; ++g) {
+      const int64_t k = g * kQ8Group;
+      for (int64_t b = 0; b < kStepBytes; b += 64) __builtin_prefetch(stream + R * k + b, 0, 2);
+      Q8Acc acc[R][M];
+      for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) acc[r][m] = q8_zero();
+      for (int64_t s = 0; s < kQ8Group; s += kQ8Step) {
         for (int m = 0; m < M; ++m) {
-          int64_t block = 0;
-          for (int a = 0; a < S; ++a) block += q8_sum(acc[a][r][m]);
-          total[r][m] += static_cast<float>(block);
+          for (int r = 0; r < R; ++r) acc[r][m] = q8_madd(acc[r][m], wr[r] + k + s, xq + m * K + k + s);
         }
       }
+      for (int r = 0; r < R; ++r)
+        for (int m = 0; m < M; ++m) sum[r][m] = q8_scaled_add(sum[r][m], acc[r][m], to_float(sr[r][g]));
     }
     for (int r = 0; r < rows; ++r) {
       for (int m = 0; m < M; ++m) {
-        int64_t tail = 0;
-        for (int64_t k = k_vec; k < K; ++k) tail += static_cast<int32_t>(wr[r][k]) * xq[m * K + k];
-        y[m * N + n + r] = (total[r][m] + static_cast<float>(tail)) * x_scale[m] * w_scale[n + r];
+        float total = q8_total(sum[r][m]);
+        if (full < groups) {  // the short last group
+          int64_t tail = 0;
+          for (int64_t k = full * kQ8Group; k < K; ++k) tail += static_cast<int32_t>(wr[r][k]) * xq[m * K + k];
+          total += static_cast<float>(tail) * to_float(sr[r][full]);
+        }
+        y[m * N + n + r] = total * x_scale[m];
       }
     }
   }

@@ -17,22 +17,27 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 
 # Time steps processed per block of the scan: bounds the [B, T, D, N] temporaries (memory) for long chunks.
 SCAN_BLOCK = 256
+# int8 weights: consecutive weights of a row that share one scale (the last group of a row may be shorter);
+# linear_cpu_kernels.h's kQ8Group.
+INT8_GROUP = 32
 # Bytes of weights converted to the input's dtype at a time, for weights stored in another dtype (as linear_cpu.cpp).
 LINEAR_BLOCK_BYTES = 4 << 20
 
 
 def dequantize(weight: Tensor, scale: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """weight [N, K] (int8 with per-row scale [N], or a float dtype) -> the weights it stands for, in `dtype`
-    (int8: w * scale computed in fp32)."""
+    """weight [N, K] (int8 with bf16 scale [N, ceil(K / INT8_GROUP)], or a float dtype) -> the weights it stands
+    for, in `dtype` (int8: w * the scale of its group, computed in fp32)."""
     if scale is None:
         return weight.to(dtype)
-    return (weight.float() * scale[:, None]).to(dtype)
+    per_weight = scale.float().repeat_interleave(INT8_GROUP, dim=1)[:, : weight.shape[1]]  # [N, K]
+    return (weight.float() * per_weight).to(dtype)
 
 
 def linear(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
     """x [..., K] @ weight [N, K]^T -> [..., N] in x's dtype, with weights stored in x's dtype, another float dtype
-    (bf16 under fp32 arithmetic) or int8 with per-row `scale` (`cobra_app.model.quantize`). Weights in another dtype
-    are converted LINEAR_BLOCK_BYTES at a time: the memory of a full-precision copy is never needed."""
+    (bf16 under fp32 arithmetic) or int8 with group `scale` [N, ceil(K / INT8_GROUP)] (`cobra_app.model.quantize`).
+    Weights in another dtype are converted LINEAR_BLOCK_BYTES at a time: the memory of a full-precision copy is never
+    needed."""
     if scale is None and weight.dtype == x.dtype:
         return F.linear(x, weight)
     rows = max(64, LINEAR_BLOCK_BYTES // (weight.shape[1] * x.element_size()))
