@@ -105,13 +105,10 @@ CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   return _mm512_add_epi32(acc, _mm512_madd_epi16(wv, xv));
 #endif
 }
-CL_INLINE Q8Sum q8_scaled_add(Q8Sum sum, Q8Acc acc, float scale) {
+CL_INLINE vf q8_lanes(Q8Acc acc) {
   const __m512 lanes = _mm512_cvtepi32_ps(acc);
-  Q8Sum v;
-  std::memcpy(&v, &lanes, sizeof(v));
-  return sum + v * scale;
+  return loadu(reinterpret_cast<const float*>(&lanes));
 }
-CL_INLINE float q8_total(Q8Sum sum) { return hsum(sum); }
 #elif COBRA_CPU_LANES == 8
 constexpr int64_t kQ8Step = 16;
 typedef __m256i Q8Acc;
@@ -122,13 +119,10 @@ CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
   return _mm256_add_epi32(acc, _mm256_madd_epi16(wv, xv));
 }
-CL_INLINE Q8Sum q8_scaled_add(Q8Sum sum, Q8Acc acc, float scale) {
+CL_INLINE vf q8_lanes(Q8Acc acc) {
   const __m256 lanes = _mm256_cvtepi32_ps(acc);
-  Q8Sum v;
-  std::memcpy(&v, &lanes, sizeof(v));
-  return sum + v * scale;
+  return loadu(reinterpret_cast<const float*>(&lanes));
 }
-CL_INLINE float q8_total(Q8Sum sum) { return hsum(sum); }
 #else
 constexpr int64_t kQ8Step = 16;
 struct Q8Acc {
@@ -151,6 +145,10 @@ CL_INLINE float q8_total(const Q8Sum& sum) {
   for (const float lane : sum.lane) total += lane;
   return total;
 }
+#endif
+#if COBRA_CPU_LANES == 16 || COBRA_CPU_LANES == 8
+CL_INLINE Q8Sum q8_scaled_add(Q8Sum sum, Q8Acc acc, float scale) { return sum + q8_lanes(acc) * scale; }
+CL_INLINE float q8_total(Q8Sum sum) { return hsum(sum); }
 #endif
 
 // Weights per scale along a row (the last group of a row may be shorter): cobra_app/model/ops/torch_ops.py's
