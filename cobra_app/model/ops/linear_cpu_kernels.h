@@ -155,6 +155,9 @@ CL_INLINE float q8_total(Q8Sum sum) { return hsum(sum); }
 // INT8_GROUP. A group's int32 lanes hold at most 32 / 8 products of |w x| <= 127 * 32767: no overflow.
 constexpr int64_t kQ8Group = 32;
 static_assert(kQ8Group % kQ8Step == 0, "a group is whole steps");
+// Groups whose bf16 scales are widened to fp32 at a time, before their weights are read: the multiply-adds then take
+// each scale from memory as a broadcast operand instead of widening it between them.
+constexpr int64_t kScaleBlock = 64;
 
 // y[m, n] = x_scale[m] * sum_g w_scale[n, g] * sum_{k in group g} xq[m, k] w[n, k] for n in [n0, n1), m < M;
 // xq [M, K] int16, w [N, K] int8, w_scale [N, ceil(K / kQ8Group)] bf16. R rows per pass as in columns_bf16; the
@@ -177,19 +180,25 @@ void columns_int8(const int16_t* xq, const float* x_scale, const int8_t* w, cons
     Q8Sum sum[R][M];
     for (int r = 0; r < R; ++r)
       for (int m = 0; m < M; ++m) sum[r][m] = Q8Sum{};
-    for (int64_t g = 0; g < full; ++g) {
-      const int64_t k = g * kQ8Group;
-      for (int64_t b = 0; b < kStepBytes; b += 64) __builtin_prefetch(stream + R * k + b, 0, 2);
-      Q8Acc acc[R][M];
+    for (int64_t g0 = 0; g0 < full; g0 += kScaleBlock) {
+      const int64_t g1 = std::min(full, g0 + kScaleBlock);
+      alignas(64) float scale[R][kScaleBlock];
       for (int r = 0; r < R; ++r)
-        for (int m = 0; m < M; ++m) acc[r][m] = q8_zero();
-      for (int64_t s = 0; s < kQ8Group; s += kQ8Step) {
-        for (int m = 0; m < M; ++m) {
-          for (int r = 0; r < R; ++r) acc[r][m] = q8_madd(acc[r][m], wr[r] + k + s, xq + m * K + k + s);
+        for (int64_t g = g0; g < g1; ++g) scale[r][g - g0] = to_float(sr[r][g]);
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t k = g * kQ8Group;
+        for (int64_t b = 0; b < kStepBytes; b += 64) __builtin_prefetch(stream + R * k + b, 0, 2);
+        Q8Acc acc[R][M];
+        for (int r = 0; r < R; ++r)
+          for (int m = 0; m < M; ++m) acc[r][m] = q8_zero();
+        for (int64_t s = 0; s < kQ8Group; s += kQ8Step) {
+          for (int m = 0; m < M; ++m) {
+            for (int r = 0; r < R; ++r) acc[r][m] = q8_madd(acc[r][m], wr[r] + k + s, xq + m * K + k + s);
+          }
         }
+        for (int r = 0; r < R; ++r)
+          for (int m = 0; m < M; ++m) sum[r][m] = q8_scaled_add(sum[r][m], acc[r][m], scale[r][g - g0]);
       }
-      for (int r = 0; r < R; ++r)
-        for (int m = 0; m < M; ++m) sum[r][m] = q8_scaled_add(sum[r][m], acc[r][m], to_float(sr[r][g]));
     }
     for (int r = 0; r < rows; ++r) {
       for (int m = 0; m < M; ++m) {
