@@ -4,8 +4,8 @@
 Storage sets the memory and the bytes a decoded token reads; compute sets the arithmetic. On CPU, bf16 compute is
 used only where torch's bf16 matmul is fast (`cpu_capability.bf16_verdict`: AVX-512 BF16 and the like); elsewhere
 bf16-stored weights are multiplied in fp32 by the CPU kernels (an AVX2-only EPYC ran torch's bf16 matmul at 0.3 GFLOP/s
-against 60-89 in fp32). "int8" stores the LM's projections and head as int8 with per-row scales (`model/quantize.py`),
-the other matrices in bf16.
+against 60-89 in fp32). "int8" stores the LM's projections and head as int8 with a bf16 scale per 32 weights of a
+row (`model/quantize.py`), the other matrices in bf16.
 """
 
 from __future__ import annotations

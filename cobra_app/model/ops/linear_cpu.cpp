@@ -109,7 +109,8 @@ using Int8Fn = void (*)(const int16_t*, const float*, const int8_t*, const uint1
 
 // Weight rows per pass R and partial sums S for M input rows: each weight vector serves R x M products, and the
 // S x R x M sums (<= 8: 16 vector registers on AVX2 and the baseline, 32 on AVX-512) hide the multiply-add latency.
-// int8: R8 rows per pass, each with an int32 and an fp32 sum per input row (2 * R8 * M <= 8 on AVX2).
+// int8: R8 rows per pass, each with an int32 and an fp32 sum per input row: two rows only up to M = 2, so that the
+// 2 * R8 * M sums fit AVX2's registers (<= 8) up to M = 4.
 template <int M>
 struct Shape {
   static constexpr int R = M <= 4 ? 2 : 1, S = M <= 2 ? 2 : 1, R512 = 2, R8 = M <= 2 ? 2 : 1;

@@ -94,7 +94,6 @@ void columns_bf16(const float* x, const uint16_t* w, float* y, int64_t N, int64_
 #if COBRA_CPU_LANES == 16
 constexpr int64_t kQ8Step = 32;
 typedef __m512i Q8Acc;
-typedef vf Q8Sum;
 CL_INLINE Q8Acc q8_zero() { return _mm512_setzero_si512(); }
 CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
@@ -112,7 +111,6 @@ CL_INLINE vf q8_lanes(Q8Acc acc) {
 #elif COBRA_CPU_LANES == 8
 constexpr int64_t kQ8Step = 16;
 typedef __m256i Q8Acc;
-typedef vf Q8Sum;
 CL_INLINE Q8Acc q8_zero() { return _mm256_setzero_si256(); }
 CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
@@ -147,6 +145,7 @@ CL_INLINE float q8_total(const Q8Sum& sum) {
 }
 #endif
 #if COBRA_CPU_LANES == 16 || COBRA_CPU_LANES == 8
+typedef vf Q8Sum;
 CL_INLINE Q8Sum q8_scaled_add(Q8Sum sum, Q8Acc acc, float scale) { return sum + q8_lanes(acc) * scale; }
 CL_INLINE float q8_total(Q8Sum sum) { return hsum(sum); }
 #endif
