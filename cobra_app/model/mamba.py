@@ -240,14 +240,13 @@ class Block(nn.Module):
         return hidden, residual, state
 
     def decode_weights(self) -> list[Tensor | None]:
-        """This layer's tensors for `MambaOps.decode_layers`, in `DECODE_WEIGHTS` order."""
+        """This layer's tensors for `MambaOps.decode_layers`, in `DECODE_WEIGHTS` order (built at every token: a
+        plain list, no per-layer dict)."""
         m = self.mixer
-        named = {"norm": self.norm.weight, "in_proj": m.in_proj.weight, "in_proj_scale": weight_scale(m.in_proj),
-                 "conv_w": m.conv1d.weight[:, 0], "conv_b": m.conv1d.bias, "x_proj": m.x_proj.weight,
-                 "x_proj_scale": weight_scale(m.x_proj), "dt_proj": m.dt_proj.weight,
-                 "dt_proj_scale": weight_scale(m.dt_proj), "dt_bias": m.dt_proj.bias, "A": m.A(), "D": m.D,
-                 "out_proj": m.out_proj.weight, "out_proj_scale": weight_scale(m.out_proj)}
-        return [named[name] for name in DECODE_WEIGHTS]
+        in_proj, x_proj, dt_proj, out_proj = m.in_proj, m.x_proj, m.dt_proj, m.out_proj
+        return [self.norm.weight, in_proj.weight, weight_scale(in_proj), m.conv1d.weight[:, 0], m.conv1d.bias,
+                x_proj.weight, weight_scale(x_proj), dt_proj.weight, weight_scale(dt_proj), dt_proj.bias, m.A(), m.D,
+                out_proj.weight, weight_scale(out_proj)]
 
 
 class MixerModel(nn.Module):

@@ -8,10 +8,11 @@ from cobra_app.demo.training.config import TrainConfig
 
 def test_options_set_the_config_and_everything_else_keeps_the_recipe():
     args, cfg = parse_args(["--out", "/tmp/m", "--steps", "12", "--warmup-steps", "4", "--vision-steps", "20",
-                            "--oracle-steps", "4", "--projector-steps", "3", "--monitor-every", "0", "--threads", "2"])
+                            "--oracle-steps", "4", "--projector-steps", "3", "--monitor-every", "0", "--threads", "2",
+                            "--vision-lr-scale", "0.1"])
     assert args.out == Path("/tmp/m")
     assert (cfg.steps, cfg.warmup_steps, cfg.vision_steps, cfg.oracle_steps, cfg.projector_steps) == (12, 4, 20, 4, 3)
-    assert (cfg.monitor_every, cfg.threads) == (0, 2)
+    assert (cfg.monitor_every, cfg.threads, cfg.vision_lr_scale) == (0, 2, 0.1)
     recipe = TrainConfig()
     assert (cfg.lr, cfg.rows_per_batch, cfg.max_minutes, cfg.seed) == (recipe.lr, recipe.rows_per_batch,
                                                                        recipe.max_minutes, recipe.seed)

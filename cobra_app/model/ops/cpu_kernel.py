@@ -152,7 +152,7 @@ def _kernel_applies(u: Tensor, A: Tensor, tensors: tuple[Tensor, ...]) -> bool:
     """Whether the compiled scan covers these inputs: u's dtype, CPU tensors, A [D, N] with N <= MAX_STATE."""
     return (
         u.dtype in _KERNEL_DTYPES
-        and all(t.device.type == "cpu" for t in tensors)
+        and all(t.is_cpu for t in tensors)
         and A.dim() == 2
         and 1 <= A.shape[-1] <= MAX_STATE
         and _loaded

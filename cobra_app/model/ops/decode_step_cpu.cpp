@@ -7,6 +7,7 @@
 // selective_scan_fwd, exactly as the Python path calls them.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -19,6 +20,8 @@ namespace cobra_decode {
 namespace {
 
 using Optional = std::optional<at::Tensor>;
+
+constexpr int64_t kConvGrain = 2048;  // channels per thread in the one-token conv (below this, one thread does all)
 
 // The compiled scan (selective_scan_cpu.cpp) for one step, as `cpu_kernel.selective_scan` calls it.
 std::tuple<at::Tensor, at::Tensor> scan(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
@@ -76,10 +79,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_step(
     const float* bp = b.data_ptr<float>();
     scalar_t* out = window.data_ptr<scalar_t>();
     float* cp = conv.data_ptr<float>();
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t d = 0; d < D; ++d) {
-        const scalar_t* src = old_window + (m * D + d) * K;
-        scalar_t* dst = out + (m * D + d) * K;
+    at::parallel_for(0, M * D, kConvGrain, [&](int64_t begin, int64_t end) {  // channel c = (m, d)
+      for (int64_t c = begin, m = begin / D, d = begin % D; c < end; ++c) {
+        const scalar_t* src = old_window + c * K;
+        scalar_t* dst = out + c * K;
         for (int64_t k = 0; k + 1 < K; ++k) dst[k] = src[k + 1];
         dst[K - 1] = x[m * 2 * D + d];
         float acc = 0.f;
@@ -88,9 +91,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixer_step(
           const float product = static_cast<float>(dst[k]) * wp[d * K + k];
           acc += product;
         }
-        cp[m * D + d] = acc + bp[d];
+        cp[c] = acc + bp[d];
+        if (++d == D) d = 0, ++m;
       }
-    }
+    });
   });
   const at::Tensor u = at::silu(conv).to(st);  // [M, D, 1]
   const at::Tensor x_dbl = project(u.squeeze(-1), x_proj_w, x_proj_scale);  // [M, R + 2N]

@@ -115,7 +115,11 @@ CL_INLINE Q8Acc q8_zero() { return _mm256_setzero_si256(); }
 CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
   const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+#ifdef COBRA_LINEAR_VNNI
+  return _mm256_dpwssd_epi32(acc, wv, xv);
+#else
   return _mm256_add_epi32(acc, _mm256_madd_epi16(wv, xv));
+#endif
 }
 CL_INLINE vf q8_lanes(Q8Acc acc) {
   const __m256 lanes = _mm256_cvtepi32_ps(acc);

@@ -85,15 +85,24 @@ CS_INLINE void load_series(const T* p, int64_t stride, int64_t L, int64_t Lp, fl
   for (int64_t t = L; t < Lp; ++t) out[t] = 0.0f;
 }
 
-// NP x fp32 (N used, the rest 0) <-> NV vectors.
+// NP x fp32 (N used, the rest 0) <-> NV vectors; whole vectors where N = NP (Mamba's N = 16), else through a
+// zero-padded buffer.
 template <int NV>
 CS_INLINE void load_state(const float* p, int64_t N, vf* out) {
+  if (N == NV * kLanes) {
+    for (int v = 0; v < NV; ++v) out[v] = loadu(p + v * kLanes);
+    return;
+  }
   float tmp[NV * kLanes] = {};
   std::memcpy(tmp, p, N * sizeof(float));
   for (int v = 0; v < NV; ++v) out[v] = loadu(tmp + v * kLanes);
 }
 template <int NV>
 CS_INLINE void store_state(const vf* in, int64_t N, float* p) {
+  if (N == NV * kLanes) {
+    for (int v = 0; v < NV; ++v) storeu(p + v * kLanes, in[v]);
+    return;
+  }
   float tmp[NV * kLanes];
   for (int v = 0; v < NV; ++v) storeu(tmp + v * kLanes, in[v]);
   std::memcpy(p, tmp, N * sizeof(float));
@@ -149,40 +158,53 @@ void forward_channels(const FwdArgs<T>& a, int64_t begin, int64_t end) {
 // ------------------------------------------------------------------------------------------------ one step
 //
 // L = 1 (decoding): the same arithmetic as forward_channels, but the per-step scalars (softplus, silu) are vectorised
-// over kLanes channels at a time instead of over t, where a single step would waste all lanes but one.
+// over kLanes channels at a time instead of over t, where a single step would waste all lanes but one, and so is the
+// output gate. Channel c is (batch b, channel d) = divmod(c, Dn), advanced by one per channel: a division per channel
+// cost more than the recurrence.
 
 template <typename T, int NV>
 void step_channels(const FwdArgs<T>& a, int64_t begin, int64_t end) {
   constexpr int64_t NP = NV * kLanes;
   const int64_t N = a.N;
+  int64_t b0 = begin / a.Dn, d0 = begin % a.Dn;  // of channel c0
   for (int64_t c0 = begin; c0 < end; c0 += kLanes) {
     const int64_t count = std::min<int64_t>(kLanes, end - c0);
-    float ub[kLanes] = {}, dtb[kLanes] = {}, gateb[kLanes] = {}, biasb[kLanes] = {};
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t b = (c0 + i) / a.Dn, d = (c0 + i) % a.Dn;
+    float ub[kLanes] = {}, dtb[kLanes] = {}, gateb[kLanes] = {}, biasb[kLanes] = {}, skipb[kLanes] = {};
+    int64_t bs[kLanes], ds[kLanes];
+    for (int64_t i = 0, b = b0, d = d0; i < count; ++i) {
+      bs[i] = b;
+      ds[i] = d;
       ub[i] = static_cast<float>(*a.u.at(b, d));
       dtb[i] = static_cast<float>(*a.delta.at(b, d));
       gateb[i] = static_cast<float>(*a.z.at(b, d));
       biasb[i] = a.bias[d];
+      skipb[i] = a.Dv[d];
+      if (++d == a.Dn) d = 0, ++b;
+      if (i + 1 == count) b0 = b, d0 = d;
     }
     const vf dt = vsoftplus(loadu(dtb) + loadu(biasb));
     storeu(dtb, dt);
-    float dtub[kLanes];
+    float dtub[kLanes], yb[kLanes] = {};
     storeu(dtub, dt * loadu(ub));
     storeu(gateb, vsilu(loadu(gateb)));
     for (int64_t i = 0; i < count; ++i) {
-      const int64_t c = c0 + i, b = c / a.Dn, d = c % a.Dn;
+      const int64_t c = c0 + i;
       vf s[NV];
       load_state<NV>(a.s0 + c * N, N, s);
       const vf dtv = splat(dtb[i]), dtuv = splat(dtub[i]);
+      const float* Av = a.A + ds[i] * NP;
+      const float* Bv = a.Bp + bs[i] * NP;
+      const float* Cv = a.Cp + bs[i] * NP;
       vf acc = splat(0.0f);
       for (int v = 0; v < NV; ++v) {
-        s[v] = vexp(dtv * loadu(a.A + d * NP + v * kLanes)) * s[v] + dtuv * loadu(a.Bp + b * NP + v * kLanes);
-        acc = acc + s[v] * loadu(a.Cp + b * NP + v * kLanes);
+        s[v] = vexp(dtv * loadu(Av + v * kLanes)) * s[v] + dtuv * loadu(Bv + v * kLanes);
+        acc = acc + s[v] * loadu(Cv + v * kLanes);
       }
-      a.y[c] = static_cast<T>((hsum(acc) + a.Dv[d] * ub[i]) * gateb[i]);
+      yb[i] = hsum(acc);
       store_state<NV>(s, N, a.s_out + c * N);
     }
+    storeu(yb, (loadu(yb) + loadu(skipb) * loadu(ub)) * loadu(gateb));
+    for (int64_t i = 0; i < count; ++i) a.y[c0 + i] = static_cast<T>(yb[i]);
   }
 }
 
