@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cobra_app.model.cuda_graph import GraphedStep
-from cobra_app.model.ops import DECODE_WEIGHTS, MambaOps, get_ops
+from cobra_app.model.ops import MambaOps, get_ops
 
 # Parameter-name suffixes kept in fp32 whatever the weight dtype (mamba_ssm keeps them so under autocast).
 FP32_PARAM_SUFFIXES = ("A_log", "D", "conv1d.weight", "conv1d.bias", "dt_proj.bias", "norm.weight", "norm_f.weight")

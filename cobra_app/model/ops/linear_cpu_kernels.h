@@ -8,8 +8,9 @@
 // multiply-adds into kLanes partial sums per (row, output), summed at the end (GCC/Clang vector extensions).
 // int8 weights: integer arithmetic within a group. The input rows arrive as int16 (rounded by the caller to 1/32767 of
 // each row's largest magnitude); weights are sign-extended to int16 and multiplied in pairs into int32 lanes
-// (pmaddwd, or AVX-512 VNNI's vpdpwssd), exactly, over each group of kQ8Group weights that shares one bf16 scale;
-// each group's lanes become fp32 and are added scaled by the group's scale, and the row's sum by the input row's.
+// (pmaddwd, or on 256-bit vectors AVX-512 VNNI's vpdpwssd), exactly, over each group of kQ8Group weights that shares
+// one bf16 scale; each group's lanes become fp32 and are added scaled by the group's scale, and the row's sum by the
+// input row's.
 
 #define CL_INLINE inline __attribute__((always_inline))
 
@@ -98,11 +99,7 @@ CL_INLINE Q8Acc q8_zero() { return _mm512_setzero_si512(); }
 CL_INLINE Q8Acc q8_madd(Q8Acc acc, const int8_t* w, const int16_t* x) {
   const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
   const __m512i xv = _mm512_loadu_si512(x);
-#ifdef COBRA_LINEAR_VNNI
-  return _mm512_dpwssd_epi32(acc, wv, xv);
-#else
-  return _mm512_add_epi32(acc, _mm512_madd_epi16(wv, xv));
-#endif
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(wv, xv));  // VNNI CPUs take the 256-bit kernel (linear_cpu.cpp)
 }
 CL_INLINE vf q8_lanes(Q8Acc acc) {
   const __m512 lanes = _mm512_cvtepi32_ps(acc);

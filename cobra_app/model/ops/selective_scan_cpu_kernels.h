@@ -166,12 +166,12 @@ template <typename T, int NV>
 void step_channels(const FwdArgs<T>& a, int64_t begin, int64_t end) {
   constexpr int64_t NP = NV * kLanes;
   const int64_t N = a.N;
-  int64_t b0 = begin / a.Dn, d0 = begin % a.Dn;  // of channel c0
+  int64_t b = begin / a.Dn, d = begin % a.Dn;  // of the next channel to gather
   for (int64_t c0 = begin; c0 < end; c0 += kLanes) {
     const int64_t count = std::min<int64_t>(kLanes, end - c0);
     float ub[kLanes] = {}, dtb[kLanes] = {}, gateb[kLanes] = {}, biasb[kLanes] = {}, skipb[kLanes] = {};
     int64_t bs[kLanes], ds[kLanes];
-    for (int64_t i = 0, b = b0, d = d0; i < count; ++i) {
+    for (int64_t i = 0; i < count; ++i) {
       bs[i] = b;
       ds[i] = d;
       ub[i] = static_cast<float>(*a.u.at(b, d));
@@ -180,7 +180,6 @@ void step_channels(const FwdArgs<T>& a, int64_t begin, int64_t end) {
       biasb[i] = a.bias[d];
       skipb[i] = a.Dv[d];
       if (++d == a.Dn) d = 0, ++b;
-      if (i + 1 == count) b0 = b, d0 = d;
     }
     const vf dt = vsoftplus(loadu(dtb) + loadu(biasb));
     storeu(dtb, dt);
