@@ -1,5 +1,5 @@
-"""A scene as one target (which of the (shape, colour) pairs are present, where, and in which place from the left),
-read by every warm-up head and the oracle."""
+"""A scene as one target (which of the (shape, colour) pairs are present, where, and in which place from the left and
+from the top), read by every warm-up head and the oracle."""
 
 from __future__ import annotations
 
@@ -9,18 +9,24 @@ from torch import Tensor
 
 from cobra_app.demo.scenes import MAX_OBJECTS, PAIRS, Scene
 
-RANK = slice(3, 3 + MAX_OBJECTS)  # inventory rows: presence, x, y, then the one-hot place from the left
-INVENTORY_ROWS = RANK.stop
+# inventory rows: presence, x, y, then the one-hot place from the left, then from the top
+LEFT_RANK = slice(3, 3 + MAX_OBJECTS)
+TOP_RANK = slice(LEFT_RANK.stop, LEFT_RANK.stop + MAX_OBJECTS)
+INVENTORY_ROWS = TOP_RANK.stop
 
 
 def scene_inventory(scene: Scene) -> np.ndarray:
     """The whole scene as one target [INVENTORY_ROWS, len(PAIRS)]: presence of each (shape, colour) pair, its centre
-    x, y, and its place in the left-to-right order (one-hot; the order descriptions name the objects in)."""
+    x, y, its place in the left-to-right order (one-hot; the order descriptions name the objects in) and in the
+    top-to-bottom order (one-hot; y grows downwards). Both orders give spatial relations a discrete read-out: with
+    the place from the left alone, models learned "left of" but not "above" (docs/DEMO_MODEL.md, session 13)."""
     inventory = np.zeros((INVENTORY_ROWS, len(PAIRS)), dtype=np.float32)
     for place, o in enumerate(scene.left_to_right()):
         k = PAIRS.index((o.shape, o.colour))
         inventory[:3, k] = (1.0, o.x, o.y)
-        inventory[RANK.start + place, k] = 1.0
+        inventory[LEFT_RANK.start + place, k] = 1.0
+    for place, o in enumerate(sorted(scene.objects, key=lambda o: o.y)):
+        inventory[TOP_RANK.start + place, PAIRS.index((o.shape, o.colour))] = 1.0
     return inventory
 
 
@@ -34,8 +40,9 @@ def object_errors(predicted: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def rank_errors(predicted: Tensor, target: Tensor) -> Tensor:
-    """predicted [..., MAX_OBJECTS] logits of the place from the left, target [..., INVENTORY_ROWS] -> cross-entropy
-    [...], 0 where the object is absent."""
+    """predicted [..., INVENTORY_ROWS] (the rank rows: logits of the places), target [..., INVENTORY_ROWS] -> summed
+    cross-entropy of the place from the left and from the top [...], 0 where the object is absent."""
     present = target[..., 0]
-    place = target[..., RANK].argmax(-1)
-    return F.cross_entropy(predicted.flatten(0, -2), place.flatten(), reduction="none").view_as(present) * present
+    errors = sum(F.cross_entropy(predicted[..., rank].flatten(0, -2), target[..., rank].argmax(-1).flatten(),
+                                 reduction="none") for rank in (LEFT_RANK, TOP_RANK))
+    return errors.view_as(present) * present

@@ -14,16 +14,18 @@ from torch import Tensor, nn
 from cobra_app.demo.conversations import plural
 from cobra_app.demo.scenes import COLOURS, MAX_OBJECTS, PAIRS, RELATIONS, SHAPES
 from cobra_app.demo.tokenizer import RELATION_WORDS
-from cobra_app.demo.training.inventory import RANK, object_errors
+from cobra_app.demo.training.inventory import LEFT_RANK, TOP_RANK, object_errors
 from cobra_app.demo.training.rows import IGNORE
 from cobra_app.prompting import TurnTokenizer
 
 # The look-up targets at a text token, by slot (LookupHeads): for an object name (" red square", " red squares"),
-# whether that object is in the scene, its centre and its place from the left; for a shape word (" square",
-# " squares"), which colours that shape has in the scene; for a colour word (" red"), which shapes have that colour.
+# whether that object is in the scene, its centre and its places from the left and from the top; for a shape word
+# (" square", " squares"), which colours that shape has in the scene; for a colour word (" red"), which shapes have
+# that colour.
 PRESENT, CENTRE, COLOURS_OF_SHAPE, SHAPES_OF_COLOUR = slice(0, 1), slice(1, 3), slice(3, 9), slice(9, 14)
-PLACE = slice(14, 14 + MAX_OBJECTS)
-LOOKUP_SLOTS = PLACE.stop
+LEFT_PLACE = slice(14, 14 + MAX_OBJECTS)
+TOP_PLACE = slice(LEFT_PLACE.stop, LEFT_PLACE.stop + MAX_OBJECTS)
+LOOKUP_SLOTS = TOP_PLACE.stop
 assert (COLOURS_OF_SHAPE.stop - COLOURS_OF_SHAPE.start, SHAPES_OF_COLOUR.stop - SHAPES_OF_COLOUR.start) == (
     len(COLOURS), len(SHAPES)) and list(PAIRS) == [(s, c) for s in SHAPES for c in COLOURS]
 
@@ -60,8 +62,9 @@ def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, labels: 
     lookup[..., :3] = named
     mask[..., PRESENT] = (pair >= 0)[..., None]
     mask[..., CENTRE] = ((pair >= 0) & (named[..., 0] > 0))[..., None]
-    lookup[..., PLACE] = entry[..., RANK]
-    mask[..., PLACE] = ((pair >= 0) & (named[..., 0] > 0))[..., None]
+    for place, rank in ((LEFT_PLACE, LEFT_RANK), (TOP_PLACE, TOP_RANK)):
+        lookup[..., place] = entry[..., rank]
+        mask[..., place] = ((pair >= 0) & (named[..., 0] > 0))[..., None]
     lookup[..., COLOURS_OF_SHAPE] = grid[torch.arange(R)[:, None], shape.clamp(min=0)]  # [R, L, colours]
     mask[..., COLOURS_OF_SHAPE] = (shape >= 0)[..., None]
     lookup[..., SHAPES_OF_COLOUR] = grid.transpose(1, 2)[torch.arange(R)[:, None], colour.clamp(min=0)]
@@ -89,7 +92,7 @@ def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, labels: 
 class LookupHeads(nn.Module):
     """Stage 2's auxiliary read-outs (discarded after training), at the tokens that name things:
     - after block `lookup_layer`, at an object name ("red square"): is it in the image, where is its centre, and its
-      place from the left; at a shape word ("square"): which colours that shape has in the image; at a colour word:
+      places from the left and from the top; at a shape word ("square"): which colours that shape has in the image; at a colour word:
       which shapes are that colour;
     - after block `offset_layer`, at an object name: its centre minus that of the object named just before it, and
       after a relation word ("A left of B", at B) how far the relation holds along its axis (> 0: it holds);

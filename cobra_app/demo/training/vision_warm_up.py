@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_training_scene
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import INVENTORY_ROWS, RANK, object_errors, rank_errors, scene_inventory
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, object_errors, rank_errors, scene_inventory
 from cobra_app.demo.training.schedule import Budget, lr_at
 from cobra_app.model.cobra import CobraVLM
 
@@ -37,7 +37,7 @@ def patch_targets(scene: Scene, image_size: int, grid: int) -> tuple[np.ndarray,
 class WarmUpHead(nn.Module):
     """Linear read-outs of the vision warm-up (discarded afterwards), applied to every patch: the shape and colour
     under the patch, and the scene's whole inventory (which pairs are present, where, and their order from the
-    left)."""
+    left and from the top)."""
 
     def __init__(self, embed_dim: int) -> None:
         super().__init__()
@@ -47,12 +47,12 @@ class WarmUpHead(nn.Module):
     def loss(self, features: Tensor, shapes: Tensor, colours: Tensor, inventory: Tensor) -> Tensor:
         """features [B, P, C]; shapes, colours [B, P] class indices; inventory [B, INVENTORY_ROWS, len(PAIRS)] ->
         summed losses (cross-entropies, presence binary cross-entropy, squared error of present pairs' centres,
-        cross-entropy of their place from the left)."""
+        cross-entropies of their places from the left and the top)."""
         shape_logits, colour_logits = self.patch(features).split([len(SHAPE_CLASSES), len(COLOUR_CLASSES)], dim=-1)
         predicted = self.inventory(features).unflatten(-1, (INVENTORY_ROWS, len(PAIRS))).transpose(-1, -2)
         target = inventory.transpose(-1, -2)[:, None].expand_as(predicted)  # [B, P, pairs, INVENTORY_ROWS]
         presence, where = object_errors(predicted, target)
-        places = rank_errors(predicted[..., RANK], target)
+        places = rank_errors(predicted, target)
         per_object = inventory[:, None, 0].sum(-1)  # [B, 1] objects in each scene
         return (F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
                 + F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten())

@@ -28,7 +28,8 @@ def test_batch_marks_each_name_with_what_it_refers_to_in_the_rows_scene(tokens):
                        [round(v, 4) for v in batch.lookup[r, t][batch.lookup_mask[r, t]].tolist()]) for t in marked]
         offsets[row] = [[round(v, 4) for v in batch.offsets[r, t][batch.offset_mask[r, t]].tolist()]
                         for t in batch.offset_mask[r].any(-1).nonzero().flatten().tolist()]
-    red_circle, blue_square = [1, 0.25, 0.4, 1, 0, 0, 0], [1, 0.75, 0.2, 0, 1, 0, 0]  # presence, centre, place
+    # presence, centre, place from the left, place from the top
+    red_circle, blue_square = [1, 0.25, 0.4, 1, 0, 0, 0, 0, 1, 0, 0], [1, 0.75, 0.2, 0, 1, 0, 0, 1, 0, 0, 0]
     assert named[0] == [(" red circle", red_circle)]
     assert named[1] == [(" blue cross", [0])]  # absent: no centre or place to predict
     assert named[2] == [(" blue square", blue_square), (" red circle", red_circle)]

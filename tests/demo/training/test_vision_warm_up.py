@@ -6,7 +6,7 @@ import torch
 from cobra_app.demo.model_config import tiny_config
 from cobra_app.demo.scenes import PAIRS, Scene, SceneObject
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import INVENTORY_ROWS, RANK
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, LEFT_RANK, TOP_RANK
 from cobra_app.demo.training.model_init import build_model
 from cobra_app.demo.training.vision_warm_up import (
     COLOUR_CLASSES,
@@ -35,8 +35,10 @@ def test_warm_up_inventory_loss_scores_the_centres_and_places_of_present_pairs_o
     features, shapes, colours = torch.randn(1, 4, 8), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)
     inventory = torch.zeros(1, INVENTORY_ROWS, len(PAIRS))
     inventory[0, :4, 3] = torch.tensor([1.0, 0.2, 0.7, 1.0])  # one present pair, first from the left
+    inventory[0, TOP_RANK.start, 3] = 1.0  # and from the top
     base = head.loss(features, shapes, colours, inventory)
-    for row, scored in ((1, False), (RANK.start + 1, False), (1, True), (RANK.start + 1, True)):
+    for row, scored in ((1, False), (LEFT_RANK.start + 1, False), (TOP_RANK.start + 1, False), (1, True),
+                        (LEFT_RANK.start + 1, True), (TOP_RANK.start + 1, True)):
         pair = 3 if scored else 5  # the present pair, or an absent one
         with torch.no_grad():
             head.inventory.bias[row * len(PAIRS) + pair] += 1.0  # its x, or its place logit
