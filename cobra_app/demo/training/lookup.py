@@ -92,8 +92,8 @@ def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, labels: 
 class LookupHeads(nn.Module):
     """Stage 2's auxiliary read-outs (discarded after training), at the tokens that name things:
     - after block `lookup_layer`, at an object name ("red square"): is it in the image, where is its centre, and its
-      places from the left and from the top; at a shape word ("square"): which colours that shape has in the image; at a colour word:
-      which shapes are that colour;
+      places from the left and from the top; at a shape word ("square"): which colours that shape has in the image;
+      at a colour word: which shapes are that colour;
     - after block `offset_layer`, at an object name: its centre minus that of the object named just before it, and
       after a relation word ("A left of B", at B) how far the relation holds along its axis (> 0: it holds);
     - after block `verdict_layer`, from B through the position that predicts the reply: whether the relation holds.
