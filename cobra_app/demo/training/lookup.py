@@ -56,15 +56,16 @@ def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, labels: 
     scene = inventories[row_scene]  # [R, INVENTORY_ROWS, pairs]
     entry = scene[torch.arange(R)[:, None], :, pair.clamp(min=0)]  # [R, L, INVENTORY_ROWS] of the named object
     named = entry[..., :3]  # [R, L, 3] (present, x, y)
+    found = (pair >= 0) & (named[..., 0] > 0)  # [R, L] an object name whose object is in the scene
     grid = scene[:, 0].unflatten(-1, (len(SHAPES), len(COLOURS)))  # [R, shapes, colours] presence
     lookup = torch.zeros(R, L, LOOKUP_SLOTS)
     mask = torch.zeros(R, L, LOOKUP_SLOTS, dtype=torch.bool)
     lookup[..., :3] = named
     mask[..., PRESENT] = (pair >= 0)[..., None]
-    mask[..., CENTRE] = ((pair >= 0) & (named[..., 0] > 0))[..., None]
+    mask[..., CENTRE] = found[..., None]
     for place, rank in ((LEFT_PLACE, LEFT_RANK), (TOP_PLACE, TOP_RANK)):
         lookup[..., place] = entry[..., rank]
-        mask[..., place] = ((pair >= 0) & (named[..., 0] > 0))[..., None]
+        mask[..., place] = found[..., None]
     lookup[..., COLOURS_OF_SHAPE] = grid[torch.arange(R)[:, None], shape.clamp(min=0)]  # [R, L, colours]
     mask[..., COLOURS_OF_SHAPE] = (shape >= 0)[..., None]
     lookup[..., SHAPES_OF_COLOUR] = grid.transpose(1, 2)[torch.arange(R)[:, None], colour.clamp(min=0)]
@@ -73,7 +74,7 @@ def lookup_targets(inventories: Tensor, row_scene: Tensor, ids: Tensor, labels: 
     latest = torch.where(pair >= 0, torch.arange(L), -1).cummax(dim=1).values  # [R, L]
     before = F.pad(latest[:, :-1], (1, 0), value=-1)  # [R, L]
     previous = named.gather(1, before.clamp(min=0)[..., None].expand(-1, -1, 3))  # [R, L, 3]
-    has_offset = (pair >= 0) & (before >= 0) & (named[..., 0] > 0) & (previous[..., 0] > 0)  # [R, L]
+    has_offset = found & (before >= 0) & (previous[..., 0] > 0)  # [R, L]
     offsets = torch.zeros(R, L, 3)
     offsets[..., :2] = named[..., 1:] - previous[..., 1:]
     after = F.pad(relation[:, :-1], (1, 0), value=-1)  # [R, L] the relation word just before each token, -1: none
