@@ -32,6 +32,7 @@ NUMBERS = ("zero", "one", "two", "three", "four")
 RELATION_PHRASES = {rel: phrases[0] for rel, phrases in RELATION_SYNONYMS.items()}  # the original wording
 POPE_SPLITS = ("random", "popular", "adversarial")
 POPULAR_TOP_K = 3  # "popular" negatives are drawn from the K most frequent (shape, colour) pairs absent from the scene
+SWAPPED = "swapped"  # existence negatives that recombine a present colour with another object's shape
 
 
 @dataclass(frozen=True)
@@ -134,20 +135,27 @@ def ask_shape(scene: Scene, rng: np.random.Generator, phrasing: Phrasing) -> Fac
 
 
 def absent_pairs(scene: Scene, split: str) -> list[tuple[str, str]]:
-    """Negative (shape, colour) pairs for a POPE split."""
+    """Negative (shape, colour) pairs for a POPE split, or SWAPPED: a present shape in the colour of another object."""
     present = {(o.shape, o.colour) for o in scene.objects}
     absent = [pair for pair in PAIRS if pair not in present]
     if split == "popular":
         return sorted(absent, key=lambda pair: -PAIR_WEIGHTS[pair])[:POPULAR_TOP_K]
     if split == "adversarial":  # a present shape in another colour, or a present colour on another shape
         return [(s, c) for s, c in absent if any(s == o.shape or c == o.colour for o in scene.objects)]
+    if split == SWAPPED:  # both words name something in the scene, but not the same object
+        return [(s, c) for s, c in absent if s in {o.shape for o in scene.objects}
+                and c in {o.colour for o in scene.objects}]
     return absent
 
 
 def ask_exist(scene: Scene, rng: np.random.Generator, phrasing: Phrasing) -> Fact:
-    """POPE-style existence: a present object, or an absent one sampled by the random/popular/adversarial split."""
+    """POPE-style existence: a present object, or an absent one sampled by the random/popular/adversarial split; with
+    probability `phrasing.swap_share`, when the scene has one, the SWAPPED split instead (its positives tagged alike:
+    questions about a scene where colour and shape must be found on the same object)."""
     split = _choice(rng, POPE_SPLITS)
     yes = _yes(rng)
+    if phrasing.swap_share and rng.random() < phrasing.swap_share and absent_pairs(scene, SWAPPED):
+        split = SWAPPED
     shape, colour = _choice(rng, [(o.shape, o.colour) for o in scene.objects] if yes else absent_pairs(scene, split))
     slots = {"obj": with_article(f"{colour} {shape}"), "objs": f"{colour} {plural(shape)}"}
     return Fact("exist", slots, "Yes" if yes else "No", (split,))

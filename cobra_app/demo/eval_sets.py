@@ -5,6 +5,8 @@
 - templates: the grammar's held-out templates, never trained on, with people's surface variation (lower case, no
   question mark, typos), on scenes in the original look;
 - rendering: the original templates on the held-out rendering family (drop shadows on striped backgrounds);
+- swapped: existence questions where colour and shape must be found on the same object (beside a red square and a
+  blue circle, "Is there a red circle?"), original templates and look: the binding that POPE's splits rarely test;
 - absent: colour and shape questions about an object that is not there ("There is no triangle."), half in the
   original templates, half in held-out ones;
 - outside: a second renderer and wordings written apart from the grammar (`cobra_app.demo.outside`), an estimate of
@@ -27,6 +29,7 @@ from cobra_app.demo.scenes import render
 
 DEFAULT_SEED = 2024  # training uses seed 0 (and the monitor during training 777)
 ABSENT = Phrasing("held-out", original_share=0.5, noise=True, absent_share=1.0)
+SWAPS = Phrasing(swap_share=1.0)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ EVAL_SETS: dict[str, EvalSet] = {s.name: s for s in (
                      "shape": 0.95, "count": 0.90}),
     EvalSet("rendering", "Held-out rendering family (drop shadows, striped backgrounds), original templates",
             lambda seed, n: make_eval_set(seed, n, rendering="held-out"), targets={"exist": 0.93, "spatial": 0.88}),
+    EvalSet("swapped", "Existence of recombined colours and shapes, original templates and look",
+            lambda seed, n: make_eval_set(seed, n, kinds=("exist",), phrasing=SWAPS), targets={"exist": 0.95}),
     EvalSet("absent", "Colour and shape questions about absent objects", lambda seed, n: make_eval_set(
         seed, n, kinds=("colour", "shape"), phrasing=ABSENT), targets={"all": 0.90}),
     EvalSet("outside", "Outside check: a second renderer, wordings written apart from the grammar (no targets)",
