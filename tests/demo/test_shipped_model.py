@@ -38,8 +38,8 @@ def test_ships_as_a_self_contained_model_directory_within_budget():
     assert json.loads((MODEL / "config.json").read_text())["model_id"] == "cobra-demo-synthetic"
 
 
-RELIABLE_KINDS = ("exist", "colour", "shape")  # the kinds at 99-100% held out; of the descriptions, counts and spatial
-# relations suggested for the example images, four are wrong (docs/DEMO_MODEL.md; their held-out targets are checked below)
+RELIABLE_KINDS = ("exist", "colour", "shape")  # the kinds at 98.5-99.5% held out; the example images' descriptions,
+# counts and spatial relations are not pinned here (docs/DEMO_MODEL.md; their held-out targets are checked below)
 
 
 def test_answers_the_suggested_existence_colour_and_shape_questions_about_the_example_images(cobra):
@@ -59,10 +59,8 @@ def test_answers_the_suggested_existence_colour_and_shape_questions_about_the_ex
                 assert normalise(reply) == normalise(answer), (example.image.name, question, reply)
 
 
-# issue 23's targets that the shipped model (trained before the grammar, the styles and the absent-object answers)
-# misses (docs/DEMO_MODEL.md); strict: a model that meets one must drop it from here
-MISSED = {("original", "describe"), ("rendering", "exist"), ("rendering", "spatial"), ("absent", "all")} | {
-    ("templates", group) for group in EVAL_SETS["templates"].targets}
+# the targets the shipped model (run R10, docs/DEMO_MODEL.md) misses; strict: a model that meets one must drop it
+MISSED = {("original", "describe"), ("templates", "exist"), ("swapped", "exist")}
 TARGETS = [(name, group) for name, eval_set in EVAL_SETS.items() for group in eval_set.targets]
 
 

@@ -1,5 +1,6 @@
 """Spec: the training command maps its options onto the recipe's TrainConfig (the stages: tests/demo/training/)."""
 
+import json
 from pathlib import Path
 
 from cobra_app.demo.train import parse_args
@@ -21,3 +22,11 @@ def test_options_set_the_config_and_everything_else_keeps_the_recipe():
 def test_the_learning_rate_warm_up_never_outlasts_the_run():
     _, cfg = parse_args(["--steps", "3"])
     assert cfg.warmup_steps == 3
+
+
+def test_the_defaults_are_the_recipe_of_the_shipped_model():
+    shipped = json.loads((Path(__file__).resolve().parents[2] / "assets/demo-model/training.json").read_text())
+    defaults = TrainConfig().to_dict()
+    for how_often_it_prints in ("monitor_every", "monitor_items"):
+        defaults.pop(how_often_it_prints), shipped["train_config"].pop(how_often_it_prints)
+    assert json.loads(json.dumps(defaults)) == shipped["train_config"]
