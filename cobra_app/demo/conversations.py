@@ -143,8 +143,8 @@ def absent_pairs(scene: Scene, split: str) -> list[tuple[str, str]]:
     if split == "adversarial":  # a present shape in another colour, or a present colour on another shape
         return [(s, c) for s, c in absent if any(s == o.shape or c == o.colour for o in scene.objects)]
     if split == SWAPPED:  # both words name something in the scene, but not the same object
-        return [(s, c) for s, c in absent if s in {o.shape for o in scene.objects}
-                and c in {o.colour for o in scene.objects}]
+        shapes, colours = {o.shape for o in scene.objects}, {o.colour for o in scene.objects}
+        return [(s, c) for s, c in absent if s in shapes and c in colours]
     return absent
 
 
