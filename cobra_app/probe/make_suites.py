@@ -11,7 +11,9 @@ Deterministic: the same arguments always write the same JSONL text and the same 
   present objects are the positives (the same ones in every split, as POPE does), and as many absent objects are
   drawn per split: `random` (any absent pair), `popular` (the most frequent absent pairs of the world) and
   `adversarial` (absent pairs that share a shape or a colour with a present object), as the demo world defines them
-  (`cobra_app.demo.conversations`). Each split is its own category.
+  (`cobra_app.demo.conversations`), then `swapped`: absent pairs whose shape and colour are both in the scene, on
+  different objects ("a red circle" beside a red square and a blue circle), asked of the scenes that have one, with
+  as many of the same positives. Each split is its own category.
 
 The scenes come from a random stream of their own (seed key PROBE_STREAM), never the demo model's training stream.
 """
@@ -31,6 +33,7 @@ from cobra_app.demo.conversations import (
     POPE_SPLITS,
     QA,
     RELATION_PHRASES,
+    SWAPPED,
     TRAIN_STREAM,
     absent_pairs,
     with_article,
@@ -99,19 +102,32 @@ def spatial_cases(scenes: Sequence[Scene], rng: np.random.Generator) -> list[dic
 
 
 def existence_cases(scenes: Sequence[Scene], rng: np.random.Generator) -> list[dict]:
-    cases = []
+    """POPE's three splits scene by scene, then the swapped split (drawn last, so that adding it changed none of the
+    others' cases)."""
+    cases, positives = [], []
     for index, scene in enumerate(scenes):
-        present = _pick(rng, [(o.shape, o.colour) for o in scene.objects], MAX_POSITIVES)
+        positives.append(_pick(rng, [(o.shape, o.colour) for o in scene.objects], MAX_POSITIVES))
         for split in POPE_SPLITS:
-            absent = _pick(rng, absent_pairs(scene, split), len(present))
-            asked = [(pair, True) for pair in present] + [(pair, False) for pair in absent]
-            for i in rng.permutation(len(asked)):
-                (shape, colour), yes = asked[i]
-                cases.append({
-                    "image": f"images/scene_{index:03d}.png", "question": existence_question(shape, colour),
-                    "answer": "Yes" if yes else "No", "answers": "yes-no", "category": split,
-                    "tags": ["pope", "present" if yes else "absent"],
-                })
+            cases += _existence_split(index, scene, split, positives[index], rng)
+    for index, scene in enumerate(scenes):
+        cases += _existence_split(index, scene, SWAPPED, positives[index], rng)
+    return cases
+
+
+def _existence_split(index: int, scene: Scene, split: str, present: list[tuple[str, str]],
+                     rng: np.random.Generator) -> list[dict]:
+    """One scene's cases of one split: as many absent pairs of the split as positives (fewer positives where the
+    split has fewer absent pairs), in a random order."""
+    absent = _pick(rng, absent_pairs(scene, split), len(present))
+    asked = [(pair, True) for pair in present[: len(absent)]] + [(pair, False) for pair in absent]
+    cases = []
+    for i in rng.permutation(len(asked)):
+        (shape, colour), yes = asked[i]
+        cases.append({
+            "image": f"images/scene_{index:03d}.png", "question": existence_question(shape, colour),
+            "answer": "Yes" if yes else "No", "answers": "yes-no", "category": split,
+            "tags": ["pope", "present" if yes else "absent"],
+        })
     return cases
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cobra_app.demo.conversations import POPE_SPLITS
+from cobra_app.demo.conversations import POPE_SPLITS, SWAPPED
 from cobra_app.demo.phrasing import TRUE_FALSE_PROMPT
 from cobra_app.demo.scenes import RELATIONS
 from cobra_app.probe import load_suite
@@ -62,16 +62,17 @@ def test_spatial_suite_is_vsr_style_and_balanced_per_relation():
         assert c.question.startswith("The ") and "Respond with" not in c.question
 
 
-def test_existence_suite_is_pope_style_with_three_splits():
+def test_existence_suite_is_pope_style_with_three_splits_and_the_swapped_one():
     suite = load_suite(PROBES / "existence.jsonl")
     assert suite.bad_lines == [] and {c.answers for c in suite.cases} == {"yes-no"}
-    assert list(dict.fromkeys(c.category for c in suite.cases)) == list(POPE_SPLITS)
+    assert list(dict.fromkeys(c.category for c in suite.cases)) == [*POPE_SPLITS, SWAPPED]
     counts = Counter((c.category, c.answer) for c in suite.cases)
-    for split in POPE_SPLITS:
+    for split in (*POPE_SPLITS, SWAPPED):
         assert counts[split, "Yes"] == counts[split, "No"] >= 100
     by_split = {s: {(c.image, c.question) for c in suite.cases if c.category == s and c.answer == "Yes"}
-                for s in POPE_SPLITS}
+                for s in (*POPE_SPLITS, SWAPPED)}
     assert by_split["random"] == by_split["popular"] == by_split["adversarial"]  # same positives in every split
+    assert by_split[SWAPPED] < by_split["random"]  # the same positives, of the scenes that have a recombination
 
 
 def test_answers_agree_with_the_rendered_scenes():
@@ -95,3 +96,6 @@ def test_answers_agree_with_the_rendered_scenes():
         scene = scenes[int(case["image"][-7:-4])]
         named = case["question"].removeprefix("Is there ").removesuffix(" in the image?").split(" ", 1)[1]
         assert (named in {o.name for o in scene.objects}) is (case["answer"] == "Yes"), case
+        if case["category"] == SWAPPED:  # its colour and its shape are both in the scene
+            colour, shape = named.split()
+            assert colour in {o.colour for o in scene.objects} and shape in {o.shape for o in scene.objects}, case
