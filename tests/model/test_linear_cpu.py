@@ -96,7 +96,10 @@ def test_bf16_inputs_with_widened_weights_are_the_fp32_product_rounded_once(isa,
 @pytest.mark.parametrize(("rows", "k", "n"), [(9, 96, 40), (40, 2560, 3000), (760, 64, 700)])
 def test_longer_inputs_use_the_matmul_on_converted_blocks(kernel_ops, weights, compute, rows, k, n):
     """More than 8 rows (prefill, vision): blocks of weight rows converted to the inputs' dtype, torch's matmul; the
-    same numbers as F.linear on the whole converted matrix, and as `torch_ops.linear` (the fallback)."""
+    same numbers as F.linear on the whole converted matrix, and as `torch_ops.linear` (the fallback). In fp32 the
+    BLAS may sum a block in another order than the whole matrix (it picks its kernel by shape: on an Intel Xeon the
+    two differ by up to 1e-4 at K = 2560), so there the spec is F.linear's own accuracy: the largest error against
+    the exact (fp64) product at most twice F.linear's."""
     x, w = operands(rows, k, n, seed=4)
     x = x.to(compute)
     if weights == "int8":
@@ -106,11 +109,14 @@ def test_longer_inputs_use_the_matmul_on_converted_blocks(kernel_ops, weights, c
         stored, scale = w.bfloat16(), None
         converted = stored.to(compute)
     expected = F.linear(x, converted)
-    tolerance = {"rtol": 1e-5, "atol": 1e-5} if compute == torch.float32 else {"rtol": 2**-7, "atol": 1e-2}
+    exact = F.linear(x.double(), converted.double())
     for linear in (kernel_ops.linear, torch_ops.linear):
         out = linear(x, stored, scale)
         assert out.dtype == compute and out.shape == (rows, n)
-        torch.testing.assert_close(out, expected, **tolerance)
+        if compute == torch.float32:
+            assert (out.double() - exact).abs().max() <= 2 * (expected.double() - exact).abs().max()
+        else:
+            torch.testing.assert_close(out, expected, rtol=2**-7, atol=1e-2)
 
 
 def test_same_dtype_products_are_f_linear(kernel_ops):
