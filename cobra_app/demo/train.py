@@ -40,6 +40,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
                    help="projector steps after the oracle stage")
     p.add_argument("--vision-lr-scale", type=float, default=defaults.vision_lr_scale,
                    help="stage 2 learning rate of the vision tower relative to the rest (0 = frozen, as the release)")
+    p.add_argument("--local-weight", type=float, default=defaults.local_weight,
+                   help="weight of the warm-up's per-patch object-centre target; > 0 also puts each patch's object "
+                        "in the oracle's tokens (0 = neither)")
     p.add_argument("--d-model", type=int, default=None)
     p.add_argument("--n-layer", type=int, default=None)
     p.add_argument("--d-state", type=int, default=None)
@@ -50,7 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
         lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps), multi_turn_prob=args.multi_turn_prob,
         threads=args.threads, monitor_every=args.monitor_every, d_model=args.d_model, n_layer=args.n_layer,
         d_state=args.d_state, vision_steps=args.vision_steps, oracle_steps=args.oracle_steps,
-        projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale,
+        projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale, local_weight=args.local_weight,
     )
     return args, cfg
 

@@ -24,8 +24,9 @@ from cobra_app.prompting import TurnTokenizer
 class Batch:
     """Scenes (pixels) and the text rows that continue from their image state, sorted by length (longest first)."""
 
+    scenes: list[Scene]  # S scenes (what the oracle stage's image tokens are made from)
     pixel_values: dict[str, Tensor]  # {branch: [S, 3, H, W]}; empty when the batch is read with given image tokens
-    inventories: Tensor  # [S, 3, pairs] each scene's `scene_inventory` (what the oracle stage's image tokens encode)
+    inventories: Tensor  # [S, rows, pairs] each scene's `scene_inventory` (what the look-up targets are read from)
     row_scene: Tensor  # [R] index of each row's scene
     ids: Tensor  # [R, Lmax] right-padded text ids
     labels: Tensor  # [R, Lmax] IGNORE outside assistant-token targets
@@ -93,7 +94,8 @@ def make_batch(
         labels[r, : len(row_ids)] = torch.tensor(labels_for(row_ids, assistant))
     row_scene = torch.tensor([scene_idx for scene_idx, _, _ in encoded])
     inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, rows, pairs]
-    return Batch(pixel_values, inventories, row_scene, ids, labels, lengths, chunk_plan(lengths, min_chunk), order,
+    return Batch(list(scenes), pixel_values, inventories, row_scene, ids, labels, lengths,
+                 chunk_plan(lengths, min_chunk), order,
                  *lookup_targets(inventories, row_scene, ids, labels, lengths, tokens))
 
 

@@ -33,6 +33,9 @@ class TrainConfig:
     vision_steps: int = 3600
     vision_lr: float = 1e-3
     vision_images: int = 64  # scenes per vision warm-up step
+    # the local target: weight of the warm-up's per-patch object-centre offsets; > 0 also gives the oracle's tokens
+    # each patch's own object (`patch_inventory`), so the projector learns to pass it on; 0 = neither
+    local_weight: float = 0.0
     # the oracle stage: the first `oracle_steps` of stage 2 read perfect vision (OracleTokens) instead of the images;
     # then the projector learns to output those tokens (`projector_steps`, the tower frozen), and stage 2 goes on
     oracle_steps: int = 600

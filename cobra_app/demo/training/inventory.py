@@ -1,5 +1,5 @@
 """A scene as one target (which of the (shape, colour) pairs are present, where, and in which place from the left and
-from the top), read by every warm-up head and the oracle."""
+from the top), read by every warm-up head and the oracle; and what each image patch shows of it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
-from cobra_app.demo.scenes import MAX_OBJECTS, PAIRS, Scene
+from cobra_app.demo.scenes import MAX_OBJECTS, PAIRS, Scene, object_map
 
 # inventory rows: presence, x, y, then the one-hot place from the left, then from the top
 LEFT_RANK = slice(3, 3 + MAX_OBJECTS)
@@ -28,6 +28,34 @@ def scene_inventory(scene: Scene) -> np.ndarray:
     for place, o in enumerate(sorted(scene.objects, key=lambda o: o.y)):
         inventory[TOP_RANK.start + place, PAIRS.index((o.shape, o.colour))] = 1.0
     return inventory
+
+
+def patch_owners(scene: Scene, image_size: int, grid: int) -> np.ndarray:
+    """[grid²] row-major like the ViT's patch tokens: 1 + the index (in `scene.objects`) of the object covering most
+    pixels of each patch, 0 where none covers any."""
+    patch = image_size // grid
+    owners = object_map(scene, image_size).reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
+    owners = owners.reshape(grid * grid, patch * patch)  # [P, pixels] object index + 1 (0 = background)
+    counts = np.stack([(owners == k + 1).sum(1) for k in range(len(scene.objects))], 1)  # [P, objects]
+    return np.where(counts.max(1) > 0, counts.argmax(1) + 1, 0)
+
+
+def patch_centres(grid: int) -> np.ndarray:
+    """[grid², 2] (x, y) of each patch's centre, in units of the image side, row-major."""
+    index = np.arange(grid * grid)
+    return np.stack([(index % grid + 0.5) / grid, (index // grid + 0.5) / grid], 1)
+
+
+def patch_inventory(scene: Scene, image_size: int, grid: int) -> np.ndarray:
+    """What each patch shows, as `scene_inventory`'s first three rows restricted to that patch's object
+    (`patch_owners`): [grid², 3, len(PAIRS)] with presence 1, x, y in its pair's column; zeros on background. Unlike
+    the places from the left and the top, this is readable from the patch and its surroundings alone."""
+    local = np.zeros((grid * grid, 3, len(PAIRS)), dtype=np.float32)
+    for p, owner in enumerate(patch_owners(scene, image_size, grid)):
+        if owner:
+            o = scene.objects[owner - 1]
+            local[p, :, PAIRS.index((o.shape, o.colour))] = (1.0, o.x, o.y)
+    return local
 
 
 def object_errors(predicted: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

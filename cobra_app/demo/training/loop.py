@@ -56,7 +56,10 @@ def stage_two_parts(vlm: CobraVLM, config: CobraConfig, cfg: TrainConfig
         raise ValueError(f"the look-up heads read blocks {heads.layers}; the model has {config.llm.n_layer}")
     if cfg.oracle_steps >= cfg.steps:
         raise ValueError(f"oracle_steps ({cfg.oracle_steps}) must leave steps for real images (steps {cfg.steps})")
-    oracle = OracleTokens(config.vision.num_patches, config.llm.d_model) if cfg.oracle_steps else None
+    vision = config.vision
+    grid = vision.image_size // vision.branches[0].patch_size  # patches per side
+    oracle = (OracleTokens(vision.image_size, grid, config.llm.d_model, local=cfg.local_weight > 0)
+              if cfg.oracle_steps else None)
     groups = param_groups(vlm, cfg.weight_decay, cfg.vision_lr_scale)
     for extra in (heads, oracle):
         if extra:
@@ -67,7 +70,7 @@ def stage_two_parts(vlm: CobraVLM, config: CobraConfig, cfg: TrainConfig
 def optimizer_step(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None, oracle: OracleTokens | None,
                    optimizer: torch.optim.Optimizer, grad_clip: float) -> tuple[float, float]:
     """One step on `batch` (read through `oracle`'s tokens when given) -> (loss, gradient norm before clipping)."""
-    loss = batch_loss(vlm, batch, heads, oracle(batch.inventories) if oracle else None)
+    loss = batch_loss(vlm, batch, heads, oracle(batch.scenes) if oracle else None)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -40,7 +40,7 @@ def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, oracle: Oracle
         batch = make_batch([s for s, _ in chunk], [(j, [qa]) for j, (_, qa) in enumerate(chunk)], tokens,
                            vlm.image_transform, min_chunk=1)
         ok = torch.ones(len(chunk), dtype=torch.bool)
-        for start, end, active, logits in batch_logits(vlm, batch, oracle(batch.inventories) if oracle else None):
+        for start, end, active, logits in batch_logits(vlm, batch, oracle(batch.scenes) if oracle else None):
             labels = batch.labels[:active, start:end]
             wrong = (logits.argmax(-1) != labels) & (labels != IGNORE)
             ok[:active] &= ~wrong.any(-1)

@@ -3,14 +3,16 @@ the projector to produce them from the frozen tower, so that the language model 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cobra_app.demo.scenes import PAIRS
+from cobra_app.demo.scenes import PAIRS, Scene
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import INVENTORY_ROWS, scene_inventory
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, patch_inventory, scene_inventory
 from cobra_app.demo.training.model_init import EMBEDDING_INIT_STD
 from cobra_app.demo.training.schedule import Budget
 from cobra_app.demo.training.vision_warm_up import PROJECTOR_STREAM, warm_up_scenes
@@ -18,20 +20,29 @@ from cobra_app.model.cobra import CobraVLM
 
 
 class OracleTokens(nn.Module):
-    """The oracle stage's image tokens (discarded after training): perfect vision. Each scene's inventory
-    [INVENTORY_ROWS, pairs] -> [P, d]: one linear map of the whole inventory at every patch, plus a learned embedding
-    per patch."""
+    """The oracle stage's image tokens (discarded after training): perfect vision. Scenes -> [S, P, d]: one linear map
+    of the whole inventory [INVENTORY_ROWS, pairs] at every patch, plus a learned embedding per patch, plus (`local`)
+    a linear map of what the patch itself shows (`patch_inventory`, the pair and its centre)."""
 
-    def __init__(self, num_patches: int, d_model: int) -> None:
+    def __init__(self, image_size: int, grid: int, d_model: int, local: bool = False) -> None:
         super().__init__()
+        self.image_size, self.grid = image_size, grid
         self.inventory = nn.Linear(INVENTORY_ROWS * len(PAIRS), d_model)
-        self.position = nn.Parameter(torch.randn(num_patches, d_model) * EMBEDDING_INIT_STD)
-        nn.init.normal_(self.inventory.weight, std=EMBEDDING_INIT_STD)
-        nn.init.zeros_(self.inventory.bias)
+        self.position = nn.Parameter(torch.randn(grid * grid, d_model) * EMBEDDING_INIT_STD)
+        self.local = nn.Linear(3 * len(PAIRS), d_model) if local else None
+        for linear in (self.inventory, self.local):
+            if linear is not None:
+                nn.init.normal_(linear.weight, std=EMBEDDING_INIT_STD)
+                nn.init.zeros_(linear.bias)
 
-    def forward(self, inventories: Tensor) -> Tensor:
-        """inventories [S, INVENTORY_ROWS, pairs] -> image tokens [S, P, d]."""
-        return self.inventory(inventories.flatten(1))[:, None] + self.position
+    def forward(self, scenes: Sequence[Scene]) -> Tensor:
+        """scenes (S of them) -> image tokens [S, P, d]."""
+        inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, rows, pairs]
+        tokens = self.inventory(inventories.flatten(1))[:, None] + self.position  # [S, P, d]
+        if self.local is None:
+            return tokens
+        local = np.stack([patch_inventory(scene, self.image_size, self.grid) for scene in scenes])  # [S, P, 3, pairs]
+        return tokens + self.local(torch.from_numpy(local).flatten(2))
 
 
 def warm_up_projector(vlm: CobraVLM, oracle: OracleTokens, cfg: TrainConfig, progress: bool = True,
@@ -49,7 +60,7 @@ def warm_up_projector(vlm: CobraVLM, oracle: OracleTokens, cfg: TrainConfig, pro
         scenes, pixel_values = warm_up_scenes(rng, vlm, cfg.vision_images)
         with torch.no_grad():
             features = vlm.vision_backbone(pixel_values)  # [B, P, C]
-            target = oracle(torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes])))  # [B, P, d]
+            target = oracle(scenes)  # [B, P, d]
         loss = ((vlm.projector(features) - target) ** 2).mean() / target.var()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,6 +1,6 @@
 """Stage 1, the vision warm-up: the towers, which start from scratch where the release's start from pretrained DINOv2
-and SigLIP, learn alone (through linear heads, then discarded) to name the shape and colour under each patch and, at
-every patch, the whole scene (`scene_inventory`)."""
+and SigLIP, learn alone (through linear heads, then discarded) to name the shape and colour under each patch (and,
+optionally, where its object's centre is) and, at every patch, the whole scene (`scene_inventory`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, object_map, render, sample_training_scene
+from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, render, sample_training_scene
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import INVENTORY_ROWS, object_errors, rank_errors, scene_inventory
+from cobra_app.demo.training.inventory import (
+    INVENTORY_ROWS,
+    object_errors,
+    patch_centres,
+    patch_owners,
+    rank_errors,
+    scene_inventory,
+)
 from cobra_app.demo.training.schedule import Budget, lr_at
 from cobra_app.model.cobra import CobraVLM
 
@@ -21,44 +28,52 @@ COLOUR_CLASSES = ("background", *COLOURS)
 VISION_STREAM, PROJECTOR_STREAM = 2, 3  # seed-sequence keys of the warm-ups' scenes (stage 2 draws from TRAIN_STREAM)
 
 
-def patch_targets(scene: Scene, image_size: int, grid: int) -> tuple[np.ndarray, np.ndarray]:
+def patch_targets(scene: Scene, image_size: int, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-patch labels, row-major like the ViT's patch tokens: (shape class [grid²], colour class [grid²]) of the
-    object covering most pixels of each patch (indices into SHAPE_CLASSES / COLOUR_CLASSES; 0 = background)."""
-    patch = image_size // grid
-    owners = object_map(scene, image_size).reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3)
-    owners = owners.reshape(grid * grid, patch * patch)  # [P, pixels] object index + 1 (0 = background)
-    counts = np.stack([(owners == k + 1).sum(1) for k in range(len(scene.objects))], 1)  # [P, objects]
-    owner = np.where(counts.max(1) > 0, counts.argmax(1) + 1, 0)  # [P]
+    object covering most pixels of each patch (indices into SHAPE_CLASSES / COLOUR_CLASSES; 0 = background), and that
+    object's centre minus the patch centre [grid², 2] (x, y in units of the side; 0 on background)."""
+    owner = patch_owners(scene, image_size, grid)  # [P]
     shape_of = np.array([0] + [SHAPE_CLASSES.index(o.shape) for o in scene.objects])
     colour_of = np.array([0] + [COLOUR_CLASSES.index(o.colour) for o in scene.objects])
-    return shape_of[owner], colour_of[owner]
+    centre_of = np.array([(0.0, 0.0)] + [(o.x, o.y) for o in scene.objects], dtype=np.float32)  # [objects + 1, 2]
+    offsets = np.where(owner[:, None] > 0, centre_of[owner] - patch_centres(grid), 0.0).astype(np.float32)
+    return shape_of[owner], colour_of[owner], offsets
 
 
 class WarmUpHead(nn.Module):
     """Linear read-outs of the vision warm-up (discarded afterwards), applied to every patch: the shape and colour
-    under the patch, and the scene's whole inventory (which pairs are present, where, and their order from the
-    left and from the top)."""
+    under the patch, the scene's whole inventory (which pairs are present, where, and their order from the left and
+    from the top), and with `local_weight` > 0 the centre of the patch's own object as an offset from the patch
+    centre (a local target: it places objects three times more precisely than the inventory, docs/DEMO_MODEL.md)."""
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, local_weight: float = 0.0) -> None:
         super().__init__()
         self.patch = nn.Linear(embed_dim, len(SHAPE_CLASSES) + len(COLOUR_CLASSES))
         self.inventory = nn.Linear(embed_dim, INVENTORY_ROWS * len(PAIRS))
+        self.local = nn.Linear(embed_dim, 2) if local_weight else None
+        self.local_weight = local_weight
 
-    def loss(self, features: Tensor, shapes: Tensor, colours: Tensor, inventory: Tensor) -> Tensor:
-        """features [B, P, C]; shapes, colours [B, P] class indices; inventory [B, INVENTORY_ROWS, len(PAIRS)] ->
-        summed losses (cross-entropies, presence binary cross-entropy, squared error of present pairs' centres,
-        cross-entropies of their places from the left and the top)."""
+    def loss(self, features: Tensor, shapes: Tensor, colours: Tensor, inventory: Tensor, offsets: Tensor) -> Tensor:
+        """features [B, P, C]; shapes, colours [B, P] class indices; inventory [B, INVENTORY_ROWS, len(PAIRS)];
+        offsets [B, P, 2] -> summed losses (cross-entropies, presence binary cross-entropy, squared error of present
+        pairs' centres, cross-entropies of their places from the left and the top, `local_weight` x the squared
+        error of the offsets over the patches an object covers)."""
         shape_logits, colour_logits = self.patch(features).split([len(SHAPE_CLASSES), len(COLOUR_CLASSES)], dim=-1)
         predicted = self.inventory(features).unflatten(-1, (INVENTORY_ROWS, len(PAIRS))).transpose(-1, -2)
         target = inventory.transpose(-1, -2)[:, None].expand_as(predicted)  # [B, P, pairs, INVENTORY_ROWS]
         presence, where = object_errors(predicted, target)
         places = rank_errors(predicted, target)
         per_object = inventory[:, None, 0].sum(-1)  # [B, 1] objects in each scene
-        return (F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
+        loss = (F.cross_entropy(shape_logits.flatten(0, 1), shapes.flatten())
                 + F.cross_entropy(colour_logits.flatten(0, 1), colours.flatten())
                 + presence.mean() * len(PAIRS) / 4
                 + 10 * (where.sum(-1) / per_object).mean()
                 + (places.sum(-1) / per_object).mean())
+        if self.local is None:
+            return loss
+        covered = (shapes > 0).float()  # [B, P] patches an object covers
+        local = ((self.local(features) - offsets) ** 2).sum(-1)  # [B, P]
+        return loss + self.local_weight * (local * covered).sum() / covered.sum().clamp(min=1)
 
 
 def warm_up_scenes(rng: np.random.Generator, vlm: CobraVLM, n: int) -> tuple[list[Scene], dict[str, Tensor]]:
@@ -76,7 +91,7 @@ def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, budge
     change. Stops early when `budget` is spent. Returns the loss log."""
     vision, image_size = vlm.vision_backbone, vlm.config.vision.image_size
     grid = image_size // vlm.config.vision.branches[0].patch_size  # patches per side
-    head = WarmUpHead(vision.embed_dim)
+    head = WarmUpHead(vision.embed_dim, cfg.local_weight)
     params = [*vision.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng([cfg.seed, VISION_STREAM])
@@ -90,9 +105,9 @@ def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, budge
             group["lr"] = lr_at(schedule, step, cosine_progress)
         scenes, pixel_values = warm_up_scenes(rng, vlm, cfg.vision_images)
         targets = [patch_targets(scene, image_size, grid) for scene in scenes]
-        shapes, colours = (torch.from_numpy(np.stack(t)) for t in zip(*targets))  # [B, P] each
-        inventory = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [B, 3, pairs]
-        loss = head.loss(vision(pixel_values), shapes, colours, inventory)
+        shapes, colours, offsets = (torch.from_numpy(np.stack(t)) for t in zip(*targets))  # [B, P], [B, P], [B, P, 2]
+        inventory = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [B, rows, pairs]
+        loss = head.loss(vision(pixel_values), shapes, colours, inventory, offsets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -35,6 +35,7 @@ def test_oracle_stage_batches_are_not_rendered_and_the_stream_is_otherwise_the_s
     batches = [(next(oracle_first), next(plain)) for _ in range(3)]
     for step, (batch, reference) in enumerate(batches):
         assert torch.equal(batch.ids, reference.ids) and torch.equal(batch.inventories, reference.inventories)
+        assert batch.scenes == reference.scenes and len(batch.scenes) == len(batch.inventories)
         assert (batch.pixel_values == {}) == (step < 2)
     assert all(torch.equal(batches[2][0].pixel_values[k], v) for k, v in batches[2][1].pixel_values.items())
     with pytest.raises(ValueError, match="no images"):

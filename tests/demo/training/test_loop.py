@@ -7,6 +7,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from cobra_app.demo.model_config import tiny_config
@@ -31,12 +32,15 @@ def test_stage_two_keeps_the_warmed_up_tower_frozen_by_default(tokenizer):
     assert any(k.startswith("projector.") for k in changed) and any(k.startswith("llm.") for k in changed)
 
 
-def test_the_same_seed_trains_the_same_weights_through_every_stage(tokenizer):
-    """Vision warm-up, oracle stage, projector warm-up and stage 2, twice from seed 3, on two threads: equal weights,
-    bit for bit; another seed gives other weights. The budget is read on a stopped clock, so however loaded the
-    machine, the clock never enters the schedule (a run that keeps to its budget)."""
+@pytest.mark.parametrize("local_weight", [0.0, 10.0])
+def test_the_same_seed_trains_the_same_weights_through_every_stage(tokenizer, local_weight):
+    """Vision warm-up, oracle stage, projector warm-up and stage 2 (with and without the local target), twice from
+    seed 3, on two threads: equal weights, bit for bit; another seed gives other weights. The budget is read on a
+    stopped clock, so however loaded the machine, the clock never enters the schedule (a run that keeps to its
+    budget)."""
     cfg = TrainConfig(**TINY_HEADS, seed=3, steps=6, rows_per_batch=6, warmup_steps=2, monitor_every=0,
-                        vision_steps=2, vision_images=4, oracle_steps=2, projector_steps=2, threads=2)
+                      vision_steps=2, vision_images=4, oracle_steps=2, projector_steps=2, threads=2,
+                      local_weight=local_weight)
 
     def weights(cfg):
         result = train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False,
