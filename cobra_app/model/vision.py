@@ -125,6 +125,11 @@ class VisionBackboneConfig:
         return self.branches[0].num_patches
 
     @property
+    def patch_grid(self) -> int:
+        """Patches per side (the patch tokens are row-major over a patch_grid x patch_grid grid)."""
+        return self.branches[0].img_size // self.branches[0].patch_size
+
+    @property
     def embed_dim(self) -> int:
         return sum(b.embed_dim for b in self.branches)
 

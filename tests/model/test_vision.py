@@ -115,6 +115,7 @@ def test_real_configs_shapes_on_meta(backbone_id, num_patches, embed_dim, attrs)
         out = model({b.name: torch.empty(1, 3, 384, 384) for b in cfg.branches})
     assert (model.num_patches, model.embed_dim) == (num_patches, embed_dim)
     assert out.shape == (1, num_patches, embed_dim)
+    assert cfg.patch_grid**2 == num_patches  # row-major patch tokens, patch_grid per side
     assert {k.split(".")[0] for k in model.state_dict()} == attrs
 
 

@@ -89,8 +89,7 @@ def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, budge
     """Stage 1: train the vision tower alone to name the shape and colour under each patch and the scene's inventory
     (`WarmUpHead` on every patch), the stand-in for the release's pretrained DINOv2 / SigLIP. Only the tower's weights
     change. Stops early when `budget` is spent. Returns the loss log."""
-    vision, image_size = vlm.vision_backbone, vlm.config.vision.image_size
-    grid = image_size // vlm.config.vision.branches[0].patch_size  # patches per side
+    vision, image_size, grid = vlm.vision_backbone, vlm.config.vision.image_size, vlm.config.vision.patch_grid
     head = WarmUpHead(vision.embed_dim, cfg.local_weight)
     params = [*vision.parameters(), *head.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

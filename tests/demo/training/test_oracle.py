@@ -42,8 +42,7 @@ def test_local_oracle_tokens_add_what_each_patch_shows():
 def test_projector_warm_up_learns_the_oracle_tokens_and_trains_the_projector_only(tokenizer):
     config = tiny_config(len(tokenizer))
     vlm = build_model(config, seed=0)
-    grid = config.vision.image_size // config.vision.branches[0].patch_size
-    oracle = OracleTokens(config.vision.image_size, grid, config.llm.d_model, local=True)
+    oracle = OracleTokens(config.vision.image_size, config.vision.patch_grid, config.llm.d_model, local=True)
     before = {k: v.clone() for k, v in vlm.state_dict().items()}
     cfg = TrainConfig(projector_steps=30, vision_images=16, vision_lr=3e-3)
     log = warm_up_projector(vlm, oracle, cfg, progress=False)
