@@ -43,6 +43,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--local-weight", type=float, default=defaults.local_weight,
                    help="weight of the warm-up's per-patch object-centre target; > 0 also puts each patch's object "
                         "in the oracle's tokens (0 = neither)")
+    p.add_argument("--no-oracle-places", dest="oracle_places", action="store_false",
+                   help="the oracle's tokens without each object's place from the left and the top (its centre only)")
     p.add_argument("--d-model", type=int, default=None)
     p.add_argument("--n-layer", type=int, default=None)
     p.add_argument("--d-state", type=int, default=None)
@@ -54,6 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
         threads=args.threads, monitor_every=args.monitor_every, d_model=args.d_model, n_layer=args.n_layer,
         d_state=args.d_state, vision_steps=args.vision_steps, oracle_steps=args.oracle_steps,
         projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale, local_weight=args.local_weight,
+        oracle_places=args.oracle_places,
     )
     return args, cfg
 

@@ -36,6 +36,8 @@ class TrainConfig:
     # the local target: weight of the warm-up's per-patch object-centre offsets; > 0 also gives the oracle's tokens
     # each patch's own object (`patch_inventory`), so the projector learns to pass it on; 0 = neither
     local_weight: float = 0.0
+    oracle_places: bool = True  # the oracle's tokens give each object's place from the left and the top (False:
+    # presence and centres only, so the language model learns to order objects by their centres)
     # the oracle stage: the first `oracle_steps` of stage 2 read perfect vision (OracleTokens) instead of the images;
     # then the projector learns to output those tokens (`projector_steps`, the tower frozen), and stage 2 goes on
     oracle_steps: int = 600

@@ -57,7 +57,8 @@ def stage_two_parts(vlm: CobraVLM, config: CobraConfig, cfg: TrainConfig
     if cfg.oracle_steps >= cfg.steps:
         raise ValueError(f"oracle_steps ({cfg.oracle_steps}) must leave steps for real images (steps {cfg.steps})")
     vision = config.vision
-    oracle = (OracleTokens(vision.image_size, vision.patch_grid, config.llm.d_model, local=cfg.local_weight > 0)
+    oracle = (OracleTokens(vision.image_size, vision.patch_grid, config.llm.d_model, local=cfg.local_weight > 0,
+                           places=cfg.oracle_places)
               if cfg.oracle_steps else None)
     groups = param_groups(vlm, cfg.weight_decay, cfg.vision_lr_scale)
     for extra in (heads, oracle):

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from cobra_app.demo.scenes import PAIRS, Scene
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import INVENTORY_ROWS, patch_inventory, scene_inventory
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, LEFT_RANK, patch_inventory, scene_inventory
 from cobra_app.demo.training.model_init import EMBEDDING_INIT_STD
 from cobra_app.demo.training.schedule import Budget
 from cobra_app.demo.training.vision_warm_up import PROJECTOR_STREAM, warm_up_scenes
@@ -21,13 +21,15 @@ from cobra_app.model.cobra import CobraVLM
 
 class OracleTokens(nn.Module):
     """The oracle stage's image tokens (discarded after training): perfect vision. Scenes -> [S, P, d]: one linear map
-    of the whole inventory [INVENTORY_ROWS, pairs] at every patch, plus a learned embedding per patch, plus (`local`)
-    a linear map of what the patch itself shows (`patch_inventory`, the pair and its centre)."""
+    of the whole inventory [INVENTORY_ROWS, pairs] at every patch (without `places`, its first rows only: presence
+    and centres, not the places from the left and the top), plus a learned embedding per patch, plus (`local`) a
+    linear map of what the patch itself shows (`patch_inventory`, the pair and its centre)."""
 
-    def __init__(self, image_size: int, grid: int, d_model: int, local: bool = False) -> None:
+    def __init__(self, image_size: int, grid: int, d_model: int, local: bool = False, places: bool = True) -> None:
         super().__init__()
         self.image_size, self.grid = image_size, grid
-        self.inventory = nn.Linear(INVENTORY_ROWS * len(PAIRS), d_model)
+        self.rows = INVENTORY_ROWS if places else LEFT_RANK.start  # inventory rows the tokens read
+        self.inventory = nn.Linear(self.rows * len(PAIRS), d_model)
         self.position = nn.Parameter(torch.randn(grid * grid, d_model) * EMBEDDING_INIT_STD)
         self.local = nn.Linear(3 * len(PAIRS), d_model) if local else None
         for linear in (self.inventory, self.local):
@@ -37,7 +39,7 @@ class OracleTokens(nn.Module):
 
     def forward(self, scenes: Sequence[Scene]) -> Tensor:
         """scenes (S of them) -> image tokens [S, P, d]."""
-        inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [S, rows, pairs]
+        inventories = torch.from_numpy(np.stack([scene_inventory(scene)[: self.rows] for scene in scenes]))
         tokens = self.inventory(inventories.flatten(1))[:, None] + self.position  # [S, P, d]
         if self.local is None:
             return tokens
