@@ -39,8 +39,8 @@ class OracleTokens(nn.Module):
 
     def forward(self, scenes: Sequence[Scene]) -> Tensor:
         """scenes (S of them) -> image tokens [S, P, d]."""
-        inventories = torch.from_numpy(np.stack([scene_inventory(scene)[: self.rows] for scene in scenes]))
-        tokens = self.inventory(inventories.flatten(1))[:, None] + self.position  # [S, P, d]
+        inventories = np.stack([scene_inventory(scene)[: self.rows] for scene in scenes])  # [S, rows, pairs]
+        tokens = self.inventory(torch.from_numpy(inventories).flatten(1))[:, None] + self.position  # [S, P, d]
         if self.local is None:
             return tokens
         local = np.stack([patch_inventory(scene, self.image_size, self.grid) for scene in scenes])  # [S, P, 3, pairs]
