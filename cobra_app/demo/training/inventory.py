@@ -9,8 +9,9 @@ from torch import Tensor
 
 from cobra_app.demo.scenes import MAX_OBJECTS, PAIRS, Scene, object_map
 
-# inventory rows: presence, x, y, then the one-hot place from the left, then from the top
-LEFT_RANK = slice(3, 3 + MAX_OBJECTS)
+# inventory rows: presence, x, y (the object rows), then the one-hot place from the left, then from the top
+OBJECT_ROWS = 3
+LEFT_RANK = slice(OBJECT_ROWS, OBJECT_ROWS + MAX_OBJECTS)
 TOP_RANK = slice(LEFT_RANK.stop, LEFT_RANK.stop + MAX_OBJECTS)
 INVENTORY_ROWS = TOP_RANK.stop
 
@@ -23,7 +24,7 @@ def scene_inventory(scene: Scene) -> np.ndarray:
     inventory = np.zeros((INVENTORY_ROWS, len(PAIRS)), dtype=np.float32)
     for place, o in enumerate(scene.left_to_right()):
         k = PAIRS.index((o.shape, o.colour))
-        inventory[:3, k] = (1.0, o.x, o.y)
+        inventory[:OBJECT_ROWS, k] = (1.0, o.x, o.y)
         inventory[LEFT_RANK.start + place, k] = 1.0
     for place, o in enumerate(sorted(scene.objects, key=lambda o: o.y)):
         inventory[TOP_RANK.start + place, PAIRS.index((o.shape, o.colour))] = 1.0
@@ -47,10 +48,10 @@ def patch_centres(grid: int) -> np.ndarray:
 
 
 def patch_inventory(scene: Scene, image_size: int, grid: int) -> np.ndarray:
-    """What each patch shows, as `scene_inventory`'s first three rows restricted to that patch's object
-    (`patch_owners`): [grid², 3, len(PAIRS)] with presence 1, x, y in its pair's column; zeros on background. Unlike
-    the places from the left and the top, this is readable from the patch and its surroundings alone."""
-    local = np.zeros((grid * grid, 3, len(PAIRS)), dtype=np.float32)
+    """What each patch shows, as `scene_inventory`'s object rows restricted to that patch's object (`patch_owners`):
+    [grid², OBJECT_ROWS, len(PAIRS)] with presence 1, x, y in its pair's column; zeros on background. Unlike the
+    places from the left and the top, this is readable from the patch and its surroundings alone."""
+    local = np.zeros((grid * grid, OBJECT_ROWS, len(PAIRS)), dtype=np.float32)
     for p, owner in enumerate(patch_owners(scene, image_size, grid)):
         if owner:
             o = scene.objects[owner - 1]

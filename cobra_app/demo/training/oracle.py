@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from cobra_app.demo.scenes import PAIRS, Scene
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import INVENTORY_ROWS, LEFT_RANK, patch_inventory, scene_inventory
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, OBJECT_ROWS, patch_inventory, scene_inventory
 from cobra_app.demo.training.model_init import EMBEDDING_INIT_STD
 from cobra_app.demo.training.schedule import Budget
 from cobra_app.demo.training.vision_warm_up import PROJECTOR_STREAM, warm_up_scenes
@@ -21,17 +21,17 @@ from cobra_app.model.cobra import CobraVLM
 
 class OracleTokens(nn.Module):
     """The oracle stage's image tokens (discarded after training): perfect vision. Scenes -> [S, P, d]: one linear map
-    of the whole inventory [INVENTORY_ROWS, pairs] at every patch (without `places`, its first rows only: presence
+    of the whole inventory [INVENTORY_ROWS, pairs] at every patch (without `places`, its object rows only: presence
     and centres, not the places from the left and the top), plus a learned embedding per patch, plus (`local`) a
     linear map of what the patch itself shows (`patch_inventory`, the pair and its centre)."""
 
     def __init__(self, image_size: int, grid: int, d_model: int, local: bool = False, places: bool = True) -> None:
         super().__init__()
         self.image_size, self.grid = image_size, grid
-        self.rows = INVENTORY_ROWS if places else LEFT_RANK.start  # inventory rows the tokens read
+        self.rows = INVENTORY_ROWS if places else OBJECT_ROWS  # inventory rows the tokens read
         self.inventory = nn.Linear(self.rows * len(PAIRS), d_model)
         self.position = nn.Parameter(torch.randn(grid * grid, d_model) * EMBEDDING_INIT_STD)
-        self.local = nn.Linear(3 * len(PAIRS), d_model) if local else None
+        self.local = nn.Linear(OBJECT_ROWS * len(PAIRS), d_model) if local else None
         for linear in (self.inventory, self.local):
             if linear is not None:
                 nn.init.normal_(linear.weight, std=EMBEDDING_INIT_STD)
@@ -43,8 +43,9 @@ class OracleTokens(nn.Module):
         tokens = self.inventory(torch.from_numpy(inventories).flatten(1))[:, None] + self.position  # [S, P, d]
         if self.local is None:
             return tokens
-        local = np.stack([patch_inventory(scene, self.image_size, self.grid) for scene in scenes])  # [S, P, 3, pairs]
-        return tokens + self.local(torch.from_numpy(local).flatten(2))
+        shows = [patch_inventory(scene, self.image_size, self.grid) for scene in scenes]
+        local = torch.from_numpy(np.stack(shows))  # [S, P, OBJECT_ROWS, pairs]
+        return tokens + self.local(local.flatten(2))
 
 
 def warm_up_projector(vlm: CobraVLM, oracle: OracleTokens, cfg: TrainConfig, progress: bool = True,

@@ -7,7 +7,7 @@ import torch
 from cobra_app.demo.model_config import tiny_config
 from cobra_app.demo.scenes import PAIRS, Scene, SceneObject
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.inventory import INVENTORY_ROWS, LEFT_RANK, patch_inventory, scene_inventory
+from cobra_app.demo.training.inventory import INVENTORY_ROWS, OBJECT_ROWS, patch_inventory, scene_inventory
 from cobra_app.demo.training.model_init import build_model
 from cobra_app.demo.training.oracle import OracleTokens, warm_up_projector
 
@@ -30,8 +30,8 @@ def test_oracle_tokens_encode_the_inventory_the_same_at_every_patch():
 def test_oracle_tokens_without_places_read_presence_and_centres_only():
     oracle = OracleTokens(image_size=64, grid=2, d_model=8, places=False)
     inventories = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes()]))  # [2, rows, pairs]
-    assert oracle.inventory.in_features == LEFT_RANK.start * len(PAIRS) < INVENTORY_ROWS * len(PAIRS)
-    expected = oracle.inventory(inventories[:, : LEFT_RANK.start].flatten(1))[:, None] + oracle.position
+    assert oracle.inventory.in_features == OBJECT_ROWS * len(PAIRS) < INVENTORY_ROWS * len(PAIRS)
+    expected = oracle.inventory(inventories[:, :OBJECT_ROWS].flatten(1))[:, None] + oracle.position
     assert torch.allclose(oracle(scenes()), expected)
 
 
