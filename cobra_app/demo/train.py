@@ -31,7 +31,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     p.add_argument("--multi-turn-prob", type=float, default=defaults.multi_turn_prob)
-    p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--threads", type=int, default=defaults.threads,
+                   help="torch threads, and the processes that render the scenes")
     p.add_argument("--monitor-every", type=int, default=defaults.monitor_every, help="0 = no held-out checks")
     p.add_argument("--vision-steps", type=int, default=defaults.vision_steps, help="stage 1 steps (0 = skip)")
     p.add_argument("--oracle-steps", type=int, default=defaults.oracle_steps,

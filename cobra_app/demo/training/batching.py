@@ -12,10 +12,11 @@ import torch
 from torch import Tensor
 
 from cobra_app.demo.conversations import QA, iter_training_examples
-from cobra_app.demo.scenes import Scene, render
+from cobra_app.demo.scenes import Scene
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.inventory import scene_inventory
 from cobra_app.demo.training.lookup import lookup_targets
+from cobra_app.demo.training.rendering import RenderScenes
 from cobra_app.demo.training.rows import IGNORE, encode_turns, labels_for, rows_for_conversation
 from cobra_app.prompting import TurnTokenizer
 
@@ -73,15 +74,13 @@ def make_batch(
     scenes: Sequence[Scene],
     rows: Sequence[tuple[int, list[QA]]],
     tokens: TurnTokenizer,
-    image_transform,
+    render_scenes: RenderScenes | None,
     min_chunk: int = 8,
     pad_id: int | None = None,
 ) -> Batch:
-    """scenes + rows (scene index, turns) -> a Batch. Images are rendered (at their style's resolution) and
-    transformed exactly as at inference (`vlm.image_transform`); with `image_transform` None they are not rendered (no
-    pixel values)."""
-    pixels = [image_transform(render(scene)) for scene in scenes] if image_transform else []
-    pixel_values = {name: torch.stack([p[name] for p in pixels]) for name in pixels[0]} if pixels else {}
+    """scenes + rows (scene index, turns) -> a Batch. `render_scenes` (a `SceneRenderer`) gives the scenes' pixel
+    values, rendered and transformed exactly as at inference; with None they are not rendered (no pixel values)."""
+    pixel_values = render_scenes(scenes) if render_scenes else {}
     unsorted = [(scene_idx, *encode_turns(turns, tokens)) for scene_idx, turns in rows]
     order = sorted(range(len(unsorted)), key=lambda r: -len(unsorted[r][1]))  # stable: ties keep their order
     encoded = [unsorted[r] for r in order]
@@ -104,10 +103,10 @@ class BatchStream:
     `cfg.oracle_steps` batches carry no pixel values: the oracle stage reads `OracleTokens` in place of the images, so
     rendering them would only cost time (about 0.04 s a step)."""
 
-    def __init__(self, seed: int, tokens: TurnTokenizer, image_transform, cfg: TrainConfig):
+    def __init__(self, seed: int, tokens: TurnTokenizer, render_scenes: RenderScenes, cfg: TrainConfig):
         self.examples = iter_training_examples(seed)
         self.rng = np.random.default_rng([seed, 1])  # row-format choices
-        self.tokens, self.image_transform, self.cfg = tokens, image_transform, cfg
+        self.tokens, self.render_scenes, self.cfg = tokens, render_scenes, cfg
         self.served = 0  # batches so far
 
     def __iter__(self) -> Iterator[Batch]:
@@ -121,6 +120,6 @@ class BatchStream:
             rows += [(len(scenes), turns) for turns in rows_for_conversation(conversation, self.rng,
                                                                              self.cfg.multi_turn_prob)]
             scenes.append(scene)
-        transform = self.image_transform if self.served >= self.cfg.oracle_steps else None
+        render_scenes = self.render_scenes if self.served >= self.cfg.oracle_steps else None
         self.served += 1
-        return make_batch(scenes, rows, self.tokens, transform, self.cfg.min_chunk)
+        return make_batch(scenes, rows, self.tokens, render_scenes, self.cfg.min_chunk)

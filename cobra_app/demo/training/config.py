@@ -23,7 +23,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     min_chunk: int = 8  # shortest text chunk fed separately to the rows still running
     threads: int = 2  # 1.56x faster steps than 1 on an idle 2-core machine; use 1 when the other core is busy
-    # (OpenMP barriers stall then)
+    # (OpenMP barriers stall then). Also the number of processes that render a step's scenes (1: rendered in-process)
     monitor_every: int = 200  # steps between held-out accuracy checks (0 = never)
     monitor_items: int = 180
     d_model: int | None = None  # override the demo config's Mamba width / depth (None = model_config defaults)

@@ -21,6 +21,7 @@ from cobra_app.demo.training.lookup import LookupHeads
 from cobra_app.demo.training.model_init import build_model
 from cobra_app.demo.training.monitor import monitor_accuracy, monitor_items
 from cobra_app.demo.training.oracle import OracleTokens, warm_up_projector
+from cobra_app.demo.training.rendering import RenderScenes, SceneRenderer
 from cobra_app.demo.training.saving import StepLog, TrainResult, save
 from cobra_app.demo.training.schedule import Budget, BudgetedCosine, param_groups
 from cobra_app.demo.training.vision_warm_up import warm_up_vision
@@ -99,10 +100,18 @@ def train(
     config = config or demo_config(len(tokenizer), **overrides)
     tokens = TurnTokenizer(tokenizer, get_prompt_builder(config.prompt_format))
     vlm = build_model(config, cfg.seed).train()
-    vision_log = warm_up_vision(vlm, cfg, progress, budget) if cfg.vision_steps else []
-    stream = BatchStream(cfg.seed, tokens, vlm.image_transform, cfg)
+    with SceneRenderer(vlm.image_transform, workers=cfg.threads) as render_scenes:
+        return _run_stages(vlm, cfg, tokens, tokenizer, render_scenes, budget, out_dir, progress, command)
+
+
+def _run_stages(vlm: CobraVLM, cfg: TrainConfig, tokens: TurnTokenizer, tokenizer, render_scenes: RenderScenes,
+                budget: Budget, out_dir: Path | None, progress: bool, command: str) -> TrainResult:
+    """`train`'s stages in order on a built model: the vision warm-up, then stage 2 (the oracle stage, the projector
+    warm-up, real images); saves to `out_dir` when given."""
+    vision_log = warm_up_vision(vlm, cfg, render_scenes, progress, budget) if cfg.vision_steps else []
+    stream = BatchStream(cfg.seed, tokens, render_scenes, cfg)
     held_out = monitor_items(cfg.monitor_items) if cfg.monitor_every else []
-    heads, oracle, optimizer = stage_two_parts(vlm, config, cfg)
+    heads, oracle, optimizer = stage_two_parts(vlm, vlm.config, cfg)
     stopped_by, ema = "steps", None
     schedule = BudgetedCosine(cfg, budget)
     with StepLog(out_dir) as log, tqdm(total=cfg.steps, disable=not progress, dynamic_ncols=True, desc="train") as bar:
@@ -114,7 +123,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             if oracle and step == cfg.oracle_steps:  # the oracle stage ends: real images from here on
-                vision_log += warm_up_projector(vlm, oracle, cfg, progress, budget)
+                vision_log += warm_up_projector(vlm, oracle, cfg, render_scenes, progress, budget)
             step_start = budget.clock()
             batch = next(stream)
             on_oracle = oracle if step < cfg.oracle_steps else None

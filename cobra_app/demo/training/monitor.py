@@ -12,6 +12,7 @@ from cobra_app.demo.scenes import Scene
 from cobra_app.demo.training.batching import make_batch
 from cobra_app.demo.training.forward import batch_logits
 from cobra_app.demo.training.oracle import OracleTokens
+from cobra_app.demo.training.rendering import SceneRenderer
 from cobra_app.demo.training.rows import IGNORE
 from cobra_app.model.cobra import CobraVLM
 from cobra_app.prompting import TurnTokenizer
@@ -35,10 +36,11 @@ def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, oracle: Oracle
     was_training = vlm.training
     vlm.eval()
     hits: dict[str, list[bool]] = {}
+    render_scenes = SceneRenderer(vlm.image_transform)
     for i in range(0, len(items), batch_rows):
         chunk = items[i : i + batch_rows]
         batch = make_batch([s for s, _ in chunk], [(j, [qa]) for j, (_, qa) in enumerate(chunk)], tokens,
-                           vlm.image_transform, min_chunk=1)
+                           render_scenes, min_chunk=1)
         ok = torch.ones(len(chunk), dtype=torch.bool)
         for start, end, active, logits in batch_logits(vlm, batch, oracle(batch.scenes) if oracle else None):
             labels = batch.labels[:active, start:end]

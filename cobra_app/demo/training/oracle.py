@@ -14,6 +14,7 @@ from cobra_app.demo.scenes import PAIRS, Scene
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.inventory import INVENTORY_ROWS, OBJECT_ROWS, patch_inventory, scene_inventory
 from cobra_app.demo.training.model_init import EMBEDDING_INIT_STD
+from cobra_app.demo.training.rendering import RenderScenes
 from cobra_app.demo.training.schedule import Budget
 from cobra_app.demo.training.vision_warm_up import PROJECTOR_STREAM, warm_up_scenes
 from cobra_app.model.cobra import CobraVLM
@@ -48,8 +49,8 @@ class OracleTokens(nn.Module):
         return tokens + self.local(local.flatten(2))
 
 
-def warm_up_projector(vlm: CobraVLM, oracle: OracleTokens, cfg: TrainConfig, progress: bool = True,
-                      budget: Budget | None = None) -> list[dict]:
+def warm_up_projector(vlm: CobraVLM, oracle: OracleTokens, cfg: TrainConfig, render_scenes: RenderScenes,
+                      progress: bool = True, budget: Budget | None = None) -> list[dict]:
     """Between the oracle stage and stage 2: the projector alone (the tower frozen) learns to output, from the real
     tower's features, the oracle's image tokens for the same scene (squared error relative to their variance), so
     that the language model trained on oracle tokens can read real images from the start of stage 2. Stops early
@@ -60,7 +61,7 @@ def warm_up_projector(vlm: CobraVLM, oracle: OracleTokens, cfg: TrainConfig, pro
     for step in tqdm(range(cfg.projector_steps), disable=not progress, dynamic_ncols=True, desc="projector warm-up"):
         if budget is not None and budget.spent():
             break
-        scenes, pixel_values = warm_up_scenes(rng, vlm, cfg.vision_images)
+        scenes, pixel_values = warm_up_scenes(rng, render_scenes, cfg.vision_images)
         with torch.no_grad():
             features = vlm.vision_backbone(pixel_values)  # [B, P, C]
             target = oracle(scenes)  # [B, P, d]

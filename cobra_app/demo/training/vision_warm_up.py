@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, render, sample_training_scene
+from cobra_app.demo.scenes import COLOURS, PAIRS, SHAPES, Scene, sample_training_scene
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.inventory import (
     INVENTORY_ROWS,
@@ -20,6 +20,7 @@ from cobra_app.demo.training.inventory import (
     rank_errors,
     scene_inventory,
 )
+from cobra_app.demo.training.rendering import RenderScenes
 from cobra_app.demo.training.schedule import Budget, lr_at
 from cobra_app.model.cobra import CobraVLM
 
@@ -76,16 +77,15 @@ class WarmUpHead(nn.Module):
         return loss + self.local_weight * (local * covered).sum() / covered.sum().clamp(min=1)
 
 
-def warm_up_scenes(rng: np.random.Generator, vlm: CobraVLM, n: int) -> tuple[list[Scene], dict[str, Tensor]]:
-    """n fresh training scenes (`sample_training_scene`) and their pixel values, rendered and transformed as at
-    inference."""
+def warm_up_scenes(rng: np.random.Generator, render_scenes: RenderScenes, n: int
+                   ) -> tuple[list[Scene], dict[str, Tensor]]:
+    """n fresh training scenes (`sample_training_scene`) and their pixel values (`render_scenes`, a `SceneRenderer`)."""
     scenes = [sample_training_scene(rng) for _ in range(n)]
-    pixels = [vlm.image_transform(render(scene)) for scene in scenes]
-    return scenes, {name: torch.stack([p[name] for p in pixels]) for name in pixels[0]}
+    return scenes, render_scenes(scenes)
 
 
-def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, budget: Budget | None = None
-                   ) -> list[dict]:
+def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, render_scenes: RenderScenes, progress: bool = True,
+                   budget: Budget | None = None) -> list[dict]:
     """Stage 1: train the vision tower alone to name the shape and colour under each patch and the scene's inventory
     (`WarmUpHead` on every patch), the stand-in for the release's pretrained DINOv2 / SigLIP. Only the tower's weights
     change. Stops early when `budget` is spent. Returns the loss log."""
@@ -102,7 +102,7 @@ def warm_up_vision(vlm: CobraVLM, cfg: TrainConfig, progress: bool = True, budge
         cosine_progress = (step - schedule.warmup_steps) / max(cfg.vision_steps - schedule.warmup_steps, 1)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(schedule, step, cosine_progress)
-        scenes, pixel_values = warm_up_scenes(rng, vlm, cfg.vision_images)
+        scenes, pixel_values = warm_up_scenes(rng, render_scenes, cfg.vision_images)
         targets = [patch_targets(scene, image_size, grid) for scene in scenes]
         shapes, colours, offsets = (torch.from_numpy(np.stack(t)) for t in zip(*targets))  # [B, P], [B, P], [B, P, 2]
         inventory = torch.from_numpy(np.stack([scene_inventory(scene) for scene in scenes]))  # [B, rows, pairs]

@@ -11,6 +11,7 @@ from cobra_app.demo.training.batching import BatchStream, chunk_plan
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.forward import batch_logits
 from cobra_app.demo.training.model_init import build_model
+from cobra_app.demo.training.rendering import SceneRenderer
 
 
 def test_chunk_plan_covers_every_row_and_only_running_rows():
@@ -29,9 +30,9 @@ def test_oracle_stage_batches_are_not_rendered_and_the_stream_is_otherwise_the_s
     config = tiny_config(len(tokenizer))
     vlm = build_model(config, seed=0)
     cfg = TrainConfig(rows_per_batch=6, oracle_steps=2)
-    oracle_first = BatchStream(0, tokens, vlm.image_transform, cfg)
-    plain = BatchStream(0, tokens, vlm.image_transform,
-                          dataclasses.replace(cfg, oracle_steps=0))
+    render_scenes = SceneRenderer(vlm.image_transform)
+    oracle_first = BatchStream(0, tokens, render_scenes, cfg)
+    plain = BatchStream(0, tokens, render_scenes, dataclasses.replace(cfg, oracle_steps=0))
     batches = [(next(oracle_first), next(plain)) for _ in range(3)]
     for step, (batch, reference) in enumerate(batches):
         assert torch.equal(batch.ids, reference.ids) and torch.equal(batch.inventories, reference.inventories)

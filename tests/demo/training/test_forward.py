@@ -11,6 +11,7 @@ from cobra_app.demo.training.batching import make_batch
 from cobra_app.demo.training.forward import batch_loss
 from cobra_app.demo.training.lookup import LookupHeads
 from cobra_app.demo.training.model_init import build_model
+from cobra_app.demo.training.rendering import SceneRenderer
 from cobra_app.demo.training.rows import IGNORE, encode_turns, labels_for
 
 
@@ -20,8 +21,8 @@ def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, token
     vlm = build_model(config, seed=0)
     examples = [ex for ex, _ in zip(iter_training_examples(3), range(4))]
     rows = [(i, turns) for i, (_, conv) in enumerate(examples) for turns in ([conv[:1]] + [conv] * (len(conv) > 1))]
-    batch = make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform,
-                         min_chunk=4)
+    batch = make_batch([s for s, _ in examples], rows, tokens, SceneRenderer(vlm.image_transform),
+                       min_chunk=4)
     assert len(batch.chunks) > 1 and batch.lengths == sorted(batch.lengths, reverse=True)
     loss = batch_loss(vlm, batch)
 
@@ -44,7 +45,7 @@ def test_lookup_loss_of_a_chunked_batch_equals_one_sequence_per_row(tokenizer, t
     heads = LookupHeads(config.llm.d_model, lookup_layer=0, offset_layer=1, verdict_layer=1, weight=0.5)
     examples = [ex for ex, _ in zip(iter_training_examples(3), range(6))]
     rows = [(i, conv) for i, (_, conv) in enumerate(examples)]
-    batch = make_batch([s for s, _ in examples], rows, tokens, vlm.image_transform,
+    batch = make_batch([s for s, _ in examples], rows, tokens, SceneRenderer(vlm.image_transform),
                          min_chunk=2)
     assert batch.lookup_mask.any(-1).sum() > 3 and batch.offset_mask[..., 2].sum() > 0 and len(batch.chunks) > 1
     assert batch.verdict_mask.sum() > batch.offset_mask[..., 2].sum()  # verdicts are carried past their statement
@@ -71,7 +72,7 @@ def test_batch_loss_reads_given_image_tokens_in_place_of_the_images(tokenizer, t
     vlm = build_model(config, seed=0)
     examples = [ex for ex, _ in zip(iter_training_examples(5), range(3))]
     batch = make_batch([s for s, _ in examples], [(i, conv) for i, (_, conv) in enumerate(examples)], tokens,
-                         vlm.image_transform)
+                       SceneRenderer(vlm.image_transform))
     encoded = vlm.encode_images(batch.pixel_values)
     assert batch_loss(vlm, batch, image_embeds=encoded).item() == batch_loss(vlm, batch).item()
     other = batch_loss(vlm, batch, image_embeds=torch.zeros_like(encoded)).item()

@@ -20,7 +20,7 @@ def test_batch_marks_each_name_with_what_it_refers_to_in_the_rows_scene(tokens):
             (0, [QA("How many blue shapes are in the image?", "One.", "count")]),
             (0, [QA("Are there any red circles?", "Yes", "exist")]),
             (0, [QA("Is the red circle lower than the blue square?", "Yes", "spatial")])]
-    batch = make_batch([scene], rows, tokens, lambda image: {"x": torch.zeros(1)})
+    batch = make_batch([scene], rows, tokens, lambda scenes: {"x": torch.zeros(len(scenes), 1)})
     named, offsets = {}, {}
     for r, row in enumerate(batch.order):
         marked = batch.lookup_mask[r].any(-1).nonzero().flatten().tolist()
@@ -53,7 +53,7 @@ def test_a_stated_relations_verdict_is_carried_from_its_second_object_to_the_ans
     rows = [(0, [QA(statement, "True", "spatial"), QA("Is there a red circle?", "Yes", "exist")]),
             (0, [QA("Is the blue square above the red circle?", "Yes", "spatial")]),
             (0, [QA("Is there a red circle?", "Yes", "exist")])]
-    batch = make_batch([scene], rows, tokens, lambda image: {"x": torch.zeros(1)})
+    batch = make_batch([scene], rows, tokens, lambda scenes: {"x": torch.zeros(len(scenes), 1)})
     for r, row in enumerate(batch.order):
         ids = batch.ids[r, : batch.lengths[r]].tolist()
         carried = batch.verdict_mask[r].nonzero().flatten().tolist()
@@ -67,5 +67,5 @@ def test_a_stated_relations_verdict_is_carried_from_its_second_object_to_the_ans
         assert tokens.tokenizer.decode(ids[first_answer + 1]) == rows[row][1][0].answer
         assert batch.verdicts[r, carried].tolist() == [1.0] * len(carried)  # both relations hold
     no = make_batch([scene], [(0, [QA("Is the red circle above the blue square?", "No", "spatial")])], tokens,
-                      lambda image: {"x": torch.zeros(1)})
+                      lambda scenes: {"x": torch.zeros(len(scenes), 1)})
     assert no.verdict_mask.sum() > 0 and no.verdicts[no.verdict_mask].tolist() == [0.0] * int(no.verdict_mask.sum())

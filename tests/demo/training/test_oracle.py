@@ -9,6 +9,7 @@ from cobra_app.demo.scenes import PAIRS, Scene, SceneObject
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.inventory import INVENTORY_ROWS, OBJECT_ROWS, patch_inventory, scene_inventory
 from cobra_app.demo.training.model_init import build_model
+from cobra_app.demo.training.rendering import SceneRenderer
 from cobra_app.demo.training.oracle import OracleTokens, warm_up_projector
 
 
@@ -53,7 +54,7 @@ def test_projector_warm_up_learns_the_oracle_tokens_and_trains_the_projector_onl
     oracle = OracleTokens(config.vision.image_size, config.vision.patch_grid, config.llm.d_model, local=True)
     before = {k: v.clone() for k, v in vlm.state_dict().items()}
     cfg = TrainConfig(projector_steps=30, vision_images=16, vision_lr=3e-3)
-    log = warm_up_projector(vlm, oracle, cfg, progress=False)
+    log = warm_up_projector(vlm, oracle, cfg, SceneRenderer(vlm.image_transform), progress=False)
     losses = [e["loss"] for e in log]  # the tiny tower is random: only the per-patch part is readable from it
     assert len(log) == 30 and np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5])
     changed = {k for k, v in vlm.state_dict().items() if not torch.equal(v, before[k])}

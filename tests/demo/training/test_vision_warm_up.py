@@ -10,6 +10,7 @@ from cobra_app.demo.scenes import PAIRS, Scene, SceneObject
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.inventory import INVENTORY_ROWS, LEFT_RANK, TOP_RANK
 from cobra_app.demo.training.model_init import build_model
+from cobra_app.demo.training.rendering import SceneRenderer
 from cobra_app.demo.training.vision_warm_up import (
     COLOUR_CLASSES,
     SHAPE_CLASSES,
@@ -76,7 +77,7 @@ def test_vision_warm_up_learns_and_trains_the_tower_only(tokenizer):
     vlm = build_model(tiny_config(len(tokenizer)), seed=0)
     before = {k: v.clone() for k, v in vlm.state_dict().items()}
     cfg = TrainConfig(vision_steps=30, vision_images=16, vision_lr=3e-3, local_weight=10.0)
-    log = warm_up_vision(vlm, cfg, progress=False)
+    log = warm_up_vision(vlm, cfg, SceneRenderer(vlm.image_transform), progress=False)
     assert len(log) == 30 and np.mean([e["loss"] for e in log[-5:]]) < 0.7 * log[0]["loss"]
     changed = {k for k, v in vlm.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("vision_backbone.") for k in changed)
