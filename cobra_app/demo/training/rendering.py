@@ -44,12 +44,13 @@ def _render_in_worker(scenes: Sequence[Scene]) -> dict[str, np.ndarray]:
 class SceneRenderer:
     """Callable: scenes -> {tower name: [S, 3, H, W] float32 tensor}, the same values whatever `workers` is.
 
-    With `workers` > 1 the scenes are split into that many contiguous shares, each rendered by one forked process
-    (one torch thread each); with 0 or 1, in this process. Use as a context manager to stop the workers."""
+    With `workers` > 1 the scenes are split into shares (four a worker, for balance) rendered by that many forked
+    processes (one torch thread each); with 0 or 1, or where processes cannot fork (Windows), in this process. Use as
+    a context manager to stop the workers."""
 
     def __init__(self, image_transform: ImageTransform, workers: int = 0) -> None:
         self.image_transform = image_transform
-        self.workers = workers if workers > 1 else 0
+        self.workers = workers if workers > 1 and "fork" in multiprocessing.get_all_start_methods() else 0
         self._pool = (multiprocessing.get_context("fork").Pool(self.workers, _start_worker, (image_transform,))
                       if self.workers else None)
 
@@ -57,7 +58,7 @@ class SceneRenderer:
         if self._pool is None or len(scenes) < 2:
             parts = [_pixels_of(scenes, self.image_transform)]
         else:
-            shares = min(8 * self.workers, len(scenes))
+            shares = min(4 * self.workers, len(scenes))
             bounds = np.linspace(0, len(scenes), shares + 1).round().astype(int)
             parts = self._pool.map(_render_in_worker, [scenes[a:b] for a, b in zip(bounds[:-1], bounds[1:])], 1)
         return {name: torch.from_numpy(np.concatenate([part[name] for part in parts])) for name in parts[0]}

@@ -1,5 +1,7 @@
 """SceneRenderer: the same pixel values from worker processes as from this one."""
 
+import multiprocessing
+
 import numpy as np
 import torch
 
@@ -24,6 +26,14 @@ def test_workers_give_exactly_the_pixels_of_rendering_here(tokenizer):
                 reference = expected[name][scenes.index(part[0]):][:len(part)]
                 assert values.dtype == torch.float32 and torch.equal(values, reference), name
     assert SceneRenderer(vlm.image_transform, workers=1).workers == 0  # one worker would only add the transfer
+
+
+def test_where_processes_cannot_fork_it_renders_in_process(tokenizer, monkeypatch):
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # as on Windows
+    vlm = build_model(tiny_config(len(tokenizer)), seed=0)
+    scenes = [sample_training_scene(np.random.default_rng(6)) for _ in range(3)]
+    with SceneRenderer(vlm.image_transform, workers=2) as renderer:
+        assert renderer.workers == 0 and all(v.shape[0] == 3 for v in renderer(scenes).values())
 
 
 def test_closing_stops_the_workers(tokenizer):
