@@ -10,7 +10,6 @@ world in a rendering style of `cobra_app.demo.styles` (other palettes, outlines,
 
 from __future__ import annotations
 
-import functools
 import io
 from dataclasses import dataclass
 
@@ -239,19 +238,12 @@ class _Window:
         return np.asarray(small, np.float32)[..., None] / 255
 
 
-@functools.lru_cache(maxsize=None)
-def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(y, x) [size, size] float32 of every pixel's centre in units of the side; cached per size, read-only."""
-    ys, xs = ((np.mgrid[0:size, 0:size] + 0.5) / size).astype(np.float32)
-    ys.flags.writeable = xs.flags.writeable = False
-    return ys, xs
-
-
 def _styled_background(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
     """[size, size, 3] float32: plain or gradient background, low-frequency texture, and the held-out family's
     stripes."""
     style = scene.style
-    ys, xs = _pixel_centres(size)
+    centres = ((np.arange(size) + 0.5) / size).astype(np.float32)  # pixel centres along a side, in units of it
+    ys, xs = centres[:, None], centres[None, :]  # [size, 1], [1, size]: they broadcast to the whole grid
     start = np.asarray(style.background, np.float32)
     if style.background_to is not None:
         along = xs * np.cos(style.gradient_angle) + ys * np.sin(style.gradient_angle)  # [size, size]
