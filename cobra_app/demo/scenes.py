@@ -251,9 +251,9 @@ def _styled_background(scene: Scene, size: int, rng: np.random.Generator) -> np.
         background = start * (1 - t) + np.asarray(style.background_to, np.float32) * t
     else:
         background = np.broadcast_to(start, (size, size, 3)).astype(np.float32)
-    texture = rng.normal(size=(4, 4)).astype(np.float32)  # drawn even when unused: the noise that follows depends on it
+    coarse = rng.normal(size=(4, 4)).astype(np.float32)  # drawn even when unused: the noise that follows depends on it
     if scene.texture:
-        texture = Image.fromarray(texture).resize((size, size), Image.Resampling.BILINEAR)
+        texture = Image.fromarray(coarse).resize((size, size), Image.Resampling.BILINEAR)
         background += np.float32(scene.texture) * np.asarray(texture)[..., None]
     if style.stripes:
         across = xs * np.sin(style.gradient_angle) - ys * np.cos(style.gradient_angle)
