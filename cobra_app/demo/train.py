@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.loop import train
+from cobra_app.model.cobra import IMAGE_TOKEN_ORDERS
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainConfig]:
@@ -46,6 +47,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
                         "in the oracle's tokens (0 = neither)")
     p.add_argument("--no-oracle-places", dest="oracle_places", action="store_false",
                    help="the oracle's tokens without each object's place from the left and the top (its centre only)")
+    p.add_argument("--image-token-order", choices=sorted(IMAGE_TOKEN_ORDERS), default=defaults.image_token_order,
+                   help="the order the language model reads the image patches in (the release: rows)")
     p.add_argument("--d-model", type=int, default=None)
     p.add_argument("--n-layer", type=int, default=None)
     p.add_argument("--d-state", type=int, default=None)
@@ -57,7 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
         threads=args.threads, monitor_every=args.monitor_every, d_model=args.d_model, n_layer=args.n_layer,
         d_state=args.d_state, vision_steps=args.vision_steps, oracle_steps=args.oracle_steps,
         projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale, local_weight=args.local_weight,
-        oracle_places=args.oracle_places,
+        oracle_places=args.oracle_places, image_token_order=args.image_token_order,
     )
     return args, cfg
 

@@ -27,6 +27,20 @@ from cobra_app.model.vision import VisionBackboneConfig, build_vision_backbone
 CONFIG_FORMAT = "cobra-chat-model/1"
 
 
+def _rows(grid: int) -> Tensor:
+    return torch.arange(grid * grid)
+
+
+def _columns(grid: int) -> Tensor:
+    return torch.arange(grid * grid).view(grid, grid).T.reshape(-1)  # patch (row r, column c) read at c * grid + r
+
+
+# The order the language model reads a square grid of patch tokens in: grid -> [grid²] indices into the towers'
+# row-major tokens. The release reads them row by row; the demo model may read them column by column, so that objects
+# in different columns arrive left to right (docs/DEMO_MODEL.md, session 20).
+IMAGE_TOKEN_ORDERS = {"rows": _rows, "columns": _columns}
+
+
 @dataclass
 class CobraConfig:
     """Everything needed to build a Cobra model (the release's `config.json` fields plus explicit part configs)."""
@@ -38,6 +52,12 @@ class CobraConfig:
     llm_backbone_id: str = "mamba-2.8b-zephyr"
     llm_max_length: int = 2048
     prompt_format: str = "zephyr"  # prompt builder registry id
+    image_token_order: str = "rows"  # IMAGE_TOKEN_ORDERS id: the release's is "rows"
+
+    def __post_init__(self) -> None:
+        if self.image_token_order not in IMAGE_TOKEN_ORDERS:
+            raise ValueError(f"unknown image_token_order {self.image_token_order!r}; "
+                             f"expected one of {sorted(IMAGE_TOKEN_ORDERS)}")
 
     @property
     def vision_backbone_id(self) -> str:
@@ -57,6 +77,7 @@ class CobraConfig:
             "llm_backbone_id": self.llm_backbone_id,
             "llm_max_length": self.llm_max_length,
             "prompt_format": self.prompt_format,
+            "image_token_order": self.image_token_order,
         }
 
     @classmethod
@@ -115,7 +136,13 @@ class CobraVLM(nn.Module):
         """pixel_values {branch: [B, 3, S, S]} -> projected patch embeddings [B, P, d] in the compute dtype."""
         param = next(self.vision_backbone.parameters())
         pixels = {k: v.to(device=param.device, dtype=self.compute_dtype) for k, v in pixel_values.items()}
-        return self.projector(self.vision_backbone(pixels)).to(self.compute_dtype)
+        return self.in_reading_order(self.projector(self.vision_backbone(pixels)).to(self.compute_dtype))
+
+    def in_reading_order(self, image_tokens: Tensor) -> Tensor:
+        """[B, P, d] in the towers' row-major patch order -> in the order the language model reads them
+        (`config.image_token_order`)."""
+        order = IMAGE_TOKEN_ORDERS[self.config.image_token_order](self.config.vision.patch_grid)
+        return image_tokens[:, order.to(image_tokens.device)]
 
     def prefill(
         self,

@@ -29,6 +29,8 @@ class TrainConfig:
     d_model: int | None = None  # override the demo config's Mamba width / depth (None = model_config defaults)
     n_layer: int | None = None
     d_state: int | None = None
+    image_token_order: str = "rows"  # the order the language model reads the patches in (CobraConfig; "columns":
+    # objects of different columns arrive left to right, docs/DEMO_MODEL.md session 20)
     # stage 1, the vision warm-up (the release starts from pretrained DINOv2 / SigLIP; ours start from scratch)
     vision_steps: int = 3600
     vision_lr: float = 1e-3

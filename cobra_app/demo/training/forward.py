@@ -26,11 +26,14 @@ def batch_logits(vlm: CobraVLM, batch: Batch, image_embeds: Tensor | None = None
     """Run a batch: yields (start, end, active rows, logits [active, end - start, V]) chunk by chunk.
 
     Image patches first (once per scene; `image_embeds` [S, P, d] in place of the encoded images, e.g. the oracle
-    stage's), then each row's text on top of its scene's state, exactly as one [image + text] sequence per row would
+    stage's, in the towers' patch order like the projector's output), then each row's text on top of its scene's state, exactly as one [image + text] sequence per row would
     be processed."""
     if image_embeds is None and not batch.pixel_values:
         raise ValueError("this batch carries no images (an oracle-stage batch): give its image tokens")
-    image_embeds = vlm.encode_images(batch.pixel_values) if image_embeds is None else image_embeds  # [S, P, d]
+    if image_embeds is None:
+        image_embeds = vlm.encode_images(batch.pixel_values)  # [S, P, d], in the language model's reading order
+    else:
+        image_embeds = vlm.in_reading_order(image_embeds)
     _, state = vlm.llm(inputs_embeds=image_embeds, logits_to_keep=1)
     state = _select(state, batch.row_scene)  # [R] rows, each from its scene's state
     for start, end, active in batch.chunks:

@@ -3,6 +3,7 @@ wall-clock budget, deterministic for a seed."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -97,7 +98,8 @@ def train(
     torch.set_num_threads(cfg.threads)
     tokenizer = tokenizer or build_demo_tokenizer()
     overrides = {k: v for k in ("d_model", "n_layer", "d_state") if (v := getattr(cfg, k)) is not None}
-    config = config or demo_config(len(tokenizer), **overrides)
+    config = dataclasses.replace(config or demo_config(len(tokenizer), **overrides),
+                                 image_token_order=cfg.image_token_order)  # the recipe's reading order
     tokens = TurnTokenizer(tokenizer, get_prompt_builder(config.prompt_format))
     vlm = build_model(config, cfg.seed).train()
     with SceneRenderer(vlm.image_transform, workers=cfg.threads) as render_scenes:

@@ -1,4 +1,7 @@
-"""Spec: the shared-image, chunked forward pass gives exactly the losses of one [image + text] sequence per row."""
+"""Spec: the shared-image, chunked forward pass gives exactly the losses of one [image + text] sequence per row, and
+reads given image tokens in the model's reading order."""
+
+import dataclasses
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from cobra_app.demo.training.lookup import LookupHeads
 from cobra_app.demo.training.model_init import build_model
 from cobra_app.demo.training.rendering import SceneRenderer
 from cobra_app.demo.training.rows import IGNORE, encode_turns, labels_for
+from cobra_app.model.cobra import CobraVLM
 
 
 def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, tokens):
@@ -77,3 +81,20 @@ def test_batch_loss_reads_given_image_tokens_in_place_of_the_images(tokenizer, t
     assert batch_loss(vlm, batch, image_embeds=encoded).item() == batch_loss(vlm, batch).item()
     other = batch_loss(vlm, batch, image_embeds=torch.zeros_like(encoded)).item()
     assert other != batch_loss(vlm, batch).item()
+
+
+def test_image_tokens_given_in_the_towers_patch_order_are_read_in_the_models_order(tokenizer, tokens):
+    """The oracle's tokens come in the towers' (row-major) order, like the projector's output; a model that reads
+    column by column reads them column by column."""
+    rows = build_model(tiny_config(len(tokenizer)), seed=0)
+    columns = CobraVLM(dataclasses.replace(rows.config, image_token_order="columns"))
+    columns.load_state_dict(rows.state_dict())
+    examples = [ex for ex, _ in zip(iter_training_examples(5), range(3))]
+    batch = make_batch([s for s, _ in examples], [(i, conv) for i, (_, conv) in enumerate(examples)], tokens,
+                       SceneRenderer(rows.image_transform), min_chunk=4)
+    grid = rows.config.vision.patch_grid
+    embeds = torch.randn(len(examples), grid * grid, rows.config.llm.d_model)  # [S, P, d], row-major patches
+    by_columns = embeds.view(len(examples), grid, grid, -1).transpose(1, 2).flatten(1, 2)  # patch (r, c) at c * grid + r
+    loss = batch_loss(columns, batch, image_embeds=embeds)
+    assert torch.equal(loss, batch_loss(rows, batch, image_embeds=by_columns))
+    assert not torch.equal(loss, batch_loss(rows, batch, image_embeds=embeds))

@@ -76,11 +76,13 @@ def test_the_kernels_are_loaded_before_the_training_clock_starts(tokenizer, monk
     assert events[0] == "kernels" and "clock" in events
 
 
-def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path):
+@pytest.mark.parametrize("order", ["rows", "columns"])
+def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path, order):
+    """...in the reading order of the recipe (`image_token_order`), which the saved model keeps."""
     from cobra_app import load
 
     cfg = TrainConfig(**TINY_HEADS, steps=60, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0, vision_steps=5,
-                        oracle_steps=10, projector_steps=5, vision_images=8)
+                        oracle_steps=10, projector_steps=5, vision_images=8, image_token_order=order)
     out = tmp_path / "tiny-model"
     result = train(cfg, out, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
     losses = [e["loss"] for e in result.log]
@@ -91,7 +93,7 @@ def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_pa
     info = json.loads((out / INFO_FILE).read_text())
     assert info["steps_done"] == 60 and info["weights_bytes"] > 0
     loaded = load(out, device="cpu")
-    assert loaded.config == result.vlm.config
+    assert loaded.config == result.vlm.config and loaded.config.image_token_order == order
     for (name, a), b in zip(result.vlm.state_dict().items(), loaded.vlm.state_dict().values()):
         stored = a.to(STORAGE_DTYPE).to(a.dtype) if a.is_floating_point() else a  # rounded once, read back exactly
         assert torch.equal(stored, b), name
