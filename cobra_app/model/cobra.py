@@ -133,7 +133,8 @@ class CobraVLM(nn.Module):
         return self
 
     def encode_images(self, pixel_values: dict[str, Tensor]) -> Tensor:
-        """pixel_values {branch: [B, 3, S, S]} -> projected patch embeddings [B, P, d] in the compute dtype."""
+        """pixel_values {branch: [B, 3, S, S]} -> projected patch embeddings [B, P, d] in the compute dtype, in the
+        order the language model reads them."""
         param = next(self.vision_backbone.parameters())
         pixels = {k: v.to(device=param.device, dtype=self.compute_dtype) for k, v in pixel_values.items()}
         return self.in_reading_order(self.projector(self.vision_backbone(pixels)).to(self.compute_dtype))

@@ -26,8 +26,8 @@ def batch_logits(vlm: CobraVLM, batch: Batch, image_embeds: Tensor | None = None
     """Run a batch: yields (start, end, active rows, logits [active, end - start, V]) chunk by chunk.
 
     Image patches first (once per scene; `image_embeds` [S, P, d] in place of the encoded images, e.g. the oracle
-    stage's, in the towers' patch order like the projector's output), then each row's text on top of its scene's state, exactly as one [image + text] sequence per row would
-    be processed."""
+    stage's, in the towers' patch order like the projector's output), then each row's text on top of its scene's
+    state, exactly as one [image + text] sequence per row would be processed."""
     if image_embeds is None and not batch.pixel_values:
         raise ValueError("this batch carries no images (an oracle-stage batch): give its image tokens")
     if image_embeds is None:
