@@ -27,17 +27,18 @@ from cobra_app.model.vision import VisionBackboneConfig, build_vision_backbone
 CONFIG_FORMAT = "cobra-chat-model/1"
 
 
-def _rows(grid: int) -> Tensor:
-    return torch.arange(grid * grid)
+def _rows(image_tokens: Tensor, grid: int) -> Tensor:
+    return image_tokens  # the towers' own order
 
 
-def _columns(grid: int) -> Tensor:
-    return torch.arange(grid * grid).view(grid, grid).T.reshape(-1)  # patch (row r, column c) read at c * grid + r
+def _columns(image_tokens: Tensor, grid: int) -> Tensor:
+    # [B, grid (rows), grid (columns), d] -> columns first: the patch of row r, column c read at c * grid + r
+    return image_tokens.unflatten(1, (grid, grid)).transpose(1, 2).flatten(1, 2)
 
 
-# The order the language model reads a square grid of patch tokens in: grid -> [grid²] indices into the towers'
-# row-major tokens. The release reads them row by row; the demo model may read them column by column, so that objects
-# in different columns arrive left to right (docs/DEMO_MODEL.md, session 20).
+# The order the language model reads a square grid of patch tokens in: (tokens [B, grid², d] in the towers' row-major
+# order, grid) -> the same tokens in that order. The release reads them row by row; the demo model may read them
+# column by column, so that objects in different columns arrive left to right (docs/DEMO_MODEL.md, session 20).
 IMAGE_TOKEN_ORDERS = {"rows": _rows, "columns": _columns}
 
 
@@ -142,8 +143,7 @@ class CobraVLM(nn.Module):
     def in_reading_order(self, image_tokens: Tensor) -> Tensor:
         """[B, P, d] in the towers' row-major patch order -> in the order the language model reads them
         (`config.image_token_order`)."""
-        order = IMAGE_TOKEN_ORDERS[self.config.image_token_order](self.config.vision.patch_grid)
-        return image_tokens[:, order.to(image_tokens.device)]
+        return IMAGE_TOKEN_ORDERS[self.config.image_token_order](image_tokens, self.config.vision.patch_grid)
 
     def prefill(
         self,

@@ -94,7 +94,7 @@ def test_image_tokens_given_in_the_towers_patch_order_are_read_in_the_models_ord
                        SceneRenderer(rows.image_transform), min_chunk=4)
     grid = rows.config.vision.patch_grid
     embeds = torch.randn(len(examples), grid * grid, rows.config.llm.d_model)  # [S, P, d], row-major patches
-    by_columns = embeds.view(len(examples), grid, grid, -1).transpose(1, 2).flatten(1, 2)  # (r, c) at c * grid + r
+    by_columns = embeds[:, [r * grid + c for c in range(grid) for r in range(grid)]]  # (r, c) at c * grid + r
     loss = batch_loss(columns, batch, image_embeds=embeds)
     assert torch.equal(loss, batch_loss(rows, batch, image_embeds=by_columns))
     assert not torch.equal(loss, batch_loss(rows, batch, image_embeds=embeds))
