@@ -95,11 +95,9 @@ def random_ids(n: int, vocab: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure_model(cobra: Cobra, args: argparse.Namespace, res: Results) -> None:
-    """Image encoding, prefill and decode of our implementation, of an int8 copy of it and of the transformers peer.
-    Figures that a target compares are timed in turns (`interleaved_seconds`): image encoding and prefill with the
-    fp32 and compute-dtype matmul ceilings, our decode step with the int8 copy's, the peer's and the copy whose
-    bandwidth sets the decode floor."""
+def measure_prefill(cobra: Cobra, args: argparse.Namespace, res: Results) -> torch.Tensor:
+    """Image encoding and prefill, timed in turns (`interleaved_seconds`) with the fp32 and compute-dtype matmul
+    ceilings they are compared with. Returns the prefilled embeddings, (1, prefill_tokens, d_model)."""
     vlm, lm, dev = cobra.vlm, cobra.vlm.llm, cobra.device
     size = vlm.config.vision.image_size
     pixels = {k: torch.randn(1, 3, size, size, device=dev) for k in vlm.image_transform.transforms}
@@ -127,7 +125,14 @@ def measure_model(cobra: Cobra, args: argparse.Namespace, res: Results) -> None:
             f"{args.prefill_tokens} tokens in {prefill_s:.2f} s")
     res.add("prefill_matmul_gflops", matmul_flops / prefill_s / 1e9, "GFLOP/s", "LM matmuls only")
     res.figures.update(image_encode_gflop=encode_flops / 1e9, prefill_matmul_gflop=matmul_flops / 1e9)
+    return embeds
 
+
+@torch.no_grad()
+def measure_decode(cobra: Cobra, args: argparse.Namespace, res: Results, embeds: torch.Tensor) -> None:
+    """Decode steps after prefilling `embeds`: ours, an int8 copy's and the transformers peer's, timed in turns with
+    the copy whose bandwidth sets the decode floor."""
+    lm, dev = cobra.vlm.llm, cobra.device
     _, state = lm(inputs_embeds=embeds, logits_to_keep=1)
     token = torch.tensor([7], device=dev)
     copy = copy_case(dev)
@@ -337,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         args.peer = False
     machine = machine_lines(cobra)
     print("\n".join(machine), flush=True)
-    measure_model(cobra, args, res)
+    measure_decode(cobra, args, res, measure_prefill(cobra, args, res))
     if args.turns_bench:
         measure_turns(cobra, args, res)
     measure_batched_decode(cobra, args, res)
