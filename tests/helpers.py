@@ -89,6 +89,16 @@ def make_tiny_vlm(seed: int = 0):
     return vlm.eval(), tokenizer
 
 
+def reading_columns(vlm):
+    """A copy of `vlm` (a CobraVLM) with the same weights and mode that reads the image patches column by column."""
+    import dataclasses
+
+    from cobra_app.model.cobra import CobraVLM
+
+    columns = CobraVLM(dataclasses.replace(vlm.config, image_token_order="columns"))
+    columns.load_state_dict(vlm.state_dict())
+    return columns.train(vlm.training)
+
 def make_tiny_cobra(seed: int = 0):
     """`make_tiny_vlm` as a `Cobra` (frozen weights), the object the app, the sessions and the API serve."""
     from cobra_app.pipeline import Cobra

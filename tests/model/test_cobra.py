@@ -9,14 +9,7 @@ import torch
 from cobra_app import load
 from cobra_app.loading import save_model_dir
 from cobra_app.model.cobra import CobraConfig, CobraVLM
-from tests.helpers import make_tiny_vlm, sample_image
-
-
-def reading_columns(vlm: CobraVLM) -> CobraVLM:
-    """The same weights, read column by column."""
-    columns = CobraVLM(dataclasses.replace(vlm.config, image_token_order="columns"))
-    columns.load_state_dict(vlm.state_dict())
-    return columns.eval()
+from tests.helpers import make_tiny_vlm, reading_columns, sample_image
 
 
 def image_tokens(vlm: CobraVLM) -> torch.Tensor:

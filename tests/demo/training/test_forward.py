@@ -1,7 +1,6 @@
 """Spec: the shared-image, chunked forward pass gives exactly the losses of one [image + text] sequence per row, and
 reads given image tokens in the model's reading order."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from cobra_app.demo.training.lookup import LookupHeads
 from cobra_app.demo.training.model_init import build_model
 from cobra_app.demo.training.rendering import SceneRenderer
 from cobra_app.demo.training.rows import IGNORE, encode_turns, labels_for
-from cobra_app.model.cobra import CobraVLM
+from tests.helpers import reading_columns
 
 
 def test_shared_image_chunked_batch_equals_one_sequence_per_row(tokenizer, tokens):
@@ -87,8 +86,7 @@ def test_image_tokens_given_in_the_towers_patch_order_are_read_in_the_models_ord
     """The oracle's tokens come in the towers' (row-major) order, like the projector's output; a model that reads
     column by column reads them column by column."""
     rows = build_model(tiny_config(len(tokenizer)), seed=0)
-    columns = CobraVLM(dataclasses.replace(rows.config, image_token_order="columns"))
-    columns.load_state_dict(rows.state_dict())
+    columns = reading_columns(rows)
     examples = [ex for ex, _ in zip(iter_training_examples(5), range(3))]
     batch = make_batch([s for s, _ in examples], [(i, conv) for i, (_, conv) in enumerate(examples)], tokens,
                        SceneRenderer(rows.image_transform), min_chunk=4)
