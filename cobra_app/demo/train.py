@@ -31,6 +31,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--rows-per-batch", type=int, default=defaults.rows_per_batch)
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--average-last", type=int, default=defaults.average_last,
+                   help="save the mean of the weights after each of the last N steps (0 = the last step's weights)")
     p.add_argument("--multi-turn-prob", type=float, default=defaults.multi_turn_prob)
     p.add_argument("--threads", type=int, default=defaults.threads,
                    help="torch threads, and the processes that render the scenes")
@@ -56,11 +58,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     args = p.parse_args(argv)
     cfg = dataclasses.replace(
         defaults, seed=args.seed, steps=args.steps, max_minutes=args.max_minutes, rows_per_batch=args.rows_per_batch,
-        lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps), multi_turn_prob=args.multi_turn_prob,
-        threads=args.threads, monitor_every=args.monitor_every, d_model=args.d_model, n_layer=args.n_layer,
-        d_state=args.d_state, vision_steps=args.vision_steps, oracle_steps=args.oracle_steps,
-        projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale, local_weight=args.local_weight,
-        oracle_places=args.oracle_places, image_token_order=args.image_token_order,
+        lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps), average_last=args.average_last,
+        multi_turn_prob=args.multi_turn_prob, threads=args.threads, monitor_every=args.monitor_every,
+        d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state, vision_steps=args.vision_steps,
+        oracle_steps=args.oracle_steps, projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale,
+        local_weight=args.local_weight, oracle_places=args.oracle_places, image_token_order=args.image_token_order,
     )
     return args, cfg
 

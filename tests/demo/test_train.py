@@ -11,12 +11,13 @@ def test_options_set_the_config_and_everything_else_keeps_the_recipe():
     args, cfg = parse_args(["--out", "/tmp/m", "--steps", "12", "--warmup-steps", "4", "--vision-steps", "20",
                             "--oracle-steps", "4", "--projector-steps", "3", "--monitor-every", "0", "--threads", "2",
                             "--vision-lr-scale", "0.1", "--local-weight", "10", "--no-oracle-places",
-                            "--image-token-order", "columns"])
+                            "--image-token-order", "columns", "--average-last", "7"])
     assert args.out == Path("/tmp/m")
     assert (cfg.steps, cfg.warmup_steps, cfg.vision_steps, cfg.oracle_steps, cfg.projector_steps) == (12, 4, 20, 4, 3)
     assert (cfg.monitor_every, cfg.threads, cfg.vision_lr_scale, cfg.local_weight) == (0, 2, 0.1, 10.0)
     assert not cfg.oracle_places and parse_args([])[1].oracle_places
     assert (cfg.image_token_order, parse_args([])[1].image_token_order) == ("columns", "rows")
+    assert (cfg.average_last, parse_args([])[1].average_last) == (7, 0)
     recipe = TrainConfig()
     assert (cfg.lr, cfg.rows_per_batch, cfg.max_minutes, cfg.seed) == (recipe.lr, recipe.rows_per_batch,
                                                                        recipe.max_minutes, recipe.seed)
@@ -28,7 +29,8 @@ def test_the_learning_rate_warm_up_never_outlasts_the_run():
 
 
 # options added after the shipped run (R10) was trained, at the value that gives the recipe it ran
-ADDED_SINCE_THE_SHIPPED_RUN = {"local_weight": 0.0, "oracle_places": True, "image_token_order": "rows"}
+ADDED_SINCE_THE_SHIPPED_RUN = {"local_weight": 0.0, "oracle_places": True, "image_token_order": "rows",
+                               "average_last": 0}
 
 
 def test_the_defaults_are_the_recipe_of_the_shipped_model():

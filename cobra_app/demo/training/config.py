@@ -21,6 +21,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
+    average_last: int = 0  # stage 2's last steps whose weights are averaged into the saved model (stochastic weight
+    # averaging, torch.optim.swa_utils.AveragedModel; a run stopped by time averages those it reached); 0 = none
     min_chunk: int = 8  # shortest text chunk fed separately to the rows still running
     threads: int = 2  # 1.56x faster steps than 1 on an idle 2-core machine; use 1 when the other core is busy
     # (OpenMP barriers stall then). Also the number of processes that render a step's scenes (1: rendered in-process)

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from cobra_app.demo.model_config import demo_config
@@ -58,6 +59,9 @@ def stage_two_parts(vlm: CobraVLM, config: CobraConfig, cfg: TrainConfig
         raise ValueError(f"the look-up heads read blocks {heads.layers}; the model has {config.llm.n_layer}")
     if cfg.oracle_steps >= cfg.steps:
         raise ValueError(f"oracle_steps ({cfg.oracle_steps}) must leave steps for real images (steps {cfg.steps})")
+    if cfg.average_last > cfg.steps - cfg.oracle_steps:
+        raise ValueError(f"average_last ({cfg.average_last}) must average steps on real images only "
+                         f"(steps {cfg.steps}, oracle_steps {cfg.oracle_steps})")
     vision = config.vision
     oracle = (OracleTokens(vision.image_size, vision.patch_grid, config.llm.d_model, local=cfg.local_weight > 0,
                            places=cfg.oracle_places)
@@ -114,7 +118,7 @@ def _run_stages(vlm: CobraVLM, cfg: TrainConfig, tokens: TurnTokenizer, tokenize
     stream = BatchStream(cfg.seed, tokens, render_scenes, cfg)
     held_out = monitor_items(cfg.monitor_items) if cfg.monitor_every else []
     heads, oracle, optimizer = stage_two_parts(vlm, vlm.config, cfg)
-    stopped_by, ema = "steps", None
+    stopped_by, ema, averaged = "steps", None, None
     schedule = BudgetedCosine(cfg, budget)
     with StepLog(out_dir) as log, tqdm(total=cfg.steps, disable=not progress, dynamic_ncols=True, desc="train") as bar:
         for step in range(cfg.steps):
@@ -130,6 +134,9 @@ def _run_stages(vlm: CobraVLM, cfg: TrainConfig, tokens: TurnTokenizer, tokenize
             batch = next(stream)
             on_oracle = oracle if step < cfg.oracle_steps else None
             value, grad_norm = optimizer_step(vlm, batch, heads, on_oracle, optimizer, cfg.grad_clip)
+            if step >= cfg.steps - cfg.average_last:  # stochastic weight averaging over the last steps
+                averaged = averaged if averaged is not None else AveragedModel(vlm, use_buffers=False)
+                averaged.update_parameters(vlm)
             ema = value if ema is None else 0.95 * ema + 0.05 * value
             entry = {"step": step + 1, "loss": round(value, 5), "lr": lr, "grad_norm": round(grad_norm, 4),
                      "rows": len(batch.lengths), "scenes": int(batch.row_scene.max()) + 1,
@@ -142,8 +149,13 @@ def _run_stages(vlm: CobraVLM, cfg: TrainConfig, tokens: TurnTokenizer, tokenize
             schedule.step_seconds += budget.clock() - step_start
             bar.update(1)
             bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}")
+    if averaged is not None:
+        with torch.no_grad():
+            for weight, mean in zip(vlm.parameters(), averaged.module.parameters(), strict=True):
+                weight.copy_(mean)
     vlm.eval()
-    result = TrainResult(vlm, len(log.entries), budget.elapsed(), stopped_by, log.entries, vision_log)
+    result = TrainResult(vlm, len(log.entries), budget.elapsed(), stopped_by, log.entries, vision_log,
+                         averaged_steps=0 if averaged is None else int(averaged.n_averaged))
     if out_dir is not None:
         save(result, cfg, tokenizer, Path(out_dir), budget.elapsed() - schedule.loop_offset, command)
     return result

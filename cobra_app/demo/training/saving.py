@@ -27,6 +27,7 @@ class TrainResult:
     stopped_by: str  # "steps" | "time"
     log: list[dict] = field(default_factory=list)  # stage 2 (VLM), one entry per step
     vision_log: list[dict] = field(default_factory=list)  # stage 1 (vision warm-up)
+    averaged_steps: int = 0  # the last steps whose weights `vlm` holds the mean of (0: the last step's own)
 
 
 class StepLog:
@@ -67,6 +68,7 @@ def save(result: TrainResult, cfg: TrainConfig, tokenizer, out_dir: Path, train_
         "train_config": cfg.to_dict(),
         "steps_done": result.steps_done,
         "stopped_by": result.stopped_by,
+        "averaged_steps": result.averaged_steps,
         "wall_seconds": round(result.wall_seconds, 1),
         "train_loop_seconds": round(train_seconds, 1),
         "parameters": sum(p.numel() for p in result.vlm.parameters()),

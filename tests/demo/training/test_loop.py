@@ -99,6 +99,43 @@ def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_pa
         assert torch.equal(stored, b), name
 
 
+@pytest.mark.parametrize("average_last", [0, 3])
+def test_the_model_holds_the_mean_of_the_weights_after_each_of_the_last_averaged_steps(tokenizer, monkeypatch,
+                                                                                         average_last):
+    """Stochastic weight averaging: with `average_last` k the trained model holds the mean of its weights after each
+    of the last k steps, the run info says k; with 0, the last step's weights as they are."""
+    after_each_step = []
+    optimizer_step = loop.optimizer_step
+
+    def recording(vlm, *args):
+        out = optimizer_step(vlm, *args)
+        after_each_step.append({name: w.detach().clone() for name, w in vlm.named_parameters()})
+        return out
+
+    monkeypatch.setattr(loop, "optimizer_step", recording)
+    cfg = TrainConfig(**TINY_HEADS, steps=5, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0,
+                      oracle_steps=0, average_last=average_last)
+    result = train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False,
+                   clock=lambda: 0.0)
+    assert len(after_each_step) == 5 and result.averaged_steps == average_last
+    last = after_each_step[-1]
+    for name, weight in result.vlm.named_parameters():
+        if average_last == 0:
+            assert torch.equal(weight, last[name]), name
+        else:  # a running mean against the mean of the stack: float32 rounding apart
+            mean = torch.stack([weights[name] for weights in after_each_step[-average_last:]]).mean(0)
+            torch.testing.assert_close(weight, mean, rtol=1e-6, atol=1e-7)
+    moved = [name for name, weight in result.vlm.named_parameters() if not torch.equal(weight, last[name])]
+    assert bool(moved) == (average_last > 0)
+
+
+def test_averaging_reaches_back_no_further_than_the_oracle_stage(tokenizer):
+    cfg = TrainConfig(**TINY_HEADS, steps=5, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0,
+                      oracle_steps=2, projector_steps=1, average_last=4)
+    with pytest.raises(ValueError, match="average_last"):
+        train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+
+
 def test_time_budget_stops_gracefully_and_saves(tokenizer, tmp_path):
     cfg = TrainConfig(**TINY_HEADS, steps=10_000, rows_per_batch=4, max_minutes=0.0, monitor_every=0)
     result = train(cfg, tmp_path / "m", config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
