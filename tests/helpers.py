@@ -99,6 +99,7 @@ def reading_columns(vlm):
     columns.load_state_dict(vlm.state_dict())
     return columns.train(vlm.training)
 
+
 def make_tiny_cobra(seed: int = 0):
     """`make_tiny_vlm` as a `Cobra` (frozen weights), the object the app, the sessions and the API serve."""
     from cobra_app.pipeline import Cobra

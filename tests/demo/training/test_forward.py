@@ -1,7 +1,6 @@
 """Spec: the shared-image, chunked forward pass gives exactly the losses of one [image + text] sequence per row, and
 reads given image tokens in the model's reading order."""
 
-
 import pytest
 import torch
 import torch.nn.functional as F
