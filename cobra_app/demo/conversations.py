@@ -7,7 +7,7 @@ answers are equally likely whatever the scene. With the original phrasing (`phra
 the first demo model was trained and evaluated with, so `make_eval_set(seed)` gives the same items as it always did.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -216,10 +216,11 @@ def ask(kind: str, scene: Scene, rng: np.random.Generator, follow_up: bool = Fal
     return QA(question, fact.answer, kind, fact.tags, follow_up)
 
 
-def sample_conversation(scene: Scene, rng: np.random.Generator, n_turns: int,
-                        phrasing: Phrasing = ORIGINAL) -> list[QA]:
-    """Up to `n_turns` distinct questions of mixed kinds (fewer only if the scene runs out of askable ones)."""
-    kinds, weights = list(KIND_WEIGHTS), np.array(list(KIND_WEIGHTS.values()))
+def sample_conversation(scene: Scene, rng: np.random.Generator, n_turns: int, phrasing: Phrasing = ORIGINAL,
+                        kind_weights: Mapping[str, float] = KIND_WEIGHTS) -> list[QA]:
+    """Up to `n_turns` distinct questions of mixed kinds, drawn in proportion to `kind_weights` (fewer only if the
+    scene runs out of askable ones)."""
+    kinds, weights = list(kind_weights), np.array(list(kind_weights.values()), dtype=float)
     turns: list[QA] = []
     for _ in range(20 * n_turns):
         if len(turns) == n_turns:
@@ -252,12 +253,13 @@ def make_eval_set(seed: int, n: int, kinds: Sequence[str] = QA_KINDS, phrasing: 
     return items
 
 
-def iter_training_examples(seed: int, phrasing: Phrasing = TRAINING) -> Iterator[tuple[Scene, list[QA]]]:
+def iter_training_examples(seed: int, phrasing: Phrasing = TRAINING,
+                           kind_weights: Mapping[str, float] = KIND_WEIGHTS) -> Iterator[tuple[Scene, list[QA]]]:
     """Endless stream of (scene, conversation of 1-4 turns): scenes in the original look or a "train"-family style,
-    questions worded by `phrasing` (never a held-out template)."""
+    questions of the kinds mixed as `kind_weights` says, worded by `phrasing` (never a held-out template)."""
     if phrasing.split == "held-out":
         raise ValueError("training never reads held-out templates")
     rng = np.random.default_rng([seed, TRAIN_STREAM])
     while True:
         scene = sample_training_scene(rng)
-        yield scene, sample_conversation(scene, rng, int(rng.integers(1, MAX_TURNS + 1)), phrasing)
+        yield scene, sample_conversation(scene, rng, int(rng.integers(1, MAX_TURNS + 1)), phrasing, kind_weights)

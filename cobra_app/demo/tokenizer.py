@@ -14,12 +14,12 @@ the corpus is a fixed-seed stream of conversations split into the exact per-turn
 """
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from cobra_app.demo.conversations import CLOSED_SETS, iter_training_examples, plural
+from cobra_app.demo.conversations import CLOSED_SETS, KIND_WEIGHTS, iter_training_examples, plural
 from cobra_app.demo.phrasing import RELATION_SYNONYMS
 from cobra_app.demo.scenes import COLOURS, SHAPES
 
@@ -63,9 +63,10 @@ The quick brown fox jumps over the lazy dog. She sells sea shells by the sea sho
 """
 
 
-def corpus() -> Iterator[str]:
-    """The training text: per-turn Zephyr strings (special tokens split off) of a fixed conversation stream."""
-    examples = itertools.islice(iter_training_examples(CORPUS_SEED), CORPUS_CONVERSATIONS)
+def corpus(kind_weights: Mapping[str, float] = KIND_WEIGHTS) -> Iterator[str]:
+    """The training text: per-turn Zephyr strings (special tokens split off) of a fixed conversation stream, its
+    questions mixed as training's (`kind_weights`)."""
+    examples = itertools.islice(iter_training_examples(CORPUS_SEED, kind_weights=kind_weights), CORPUS_CONVERSATIONS)
     for _, conversation in examples:
         for i, qa in enumerate(conversation):
             yield ("" if i == 0 else "\n") + f"<|user|>\n{qa.question}"
@@ -75,13 +76,15 @@ def corpus() -> Iterator[str]:
     yield from (" " + name for name in (*OBJECT_NAMES, *OBJECT_PLURALS, *RELATION_WORDS))  # each one at least once
 
 
-def build_demo_tokenizer(vocab_size: int = 1280) -> PreTrainedTokenizerFast:
+def build_demo_tokenizer(vocab_size: int = 1280,
+                         kind_weights: Mapping[str, float] = KIND_WEIGHTS) -> PreTrainedTokenizerFast:
     """Train the demo tokenizer; every closed-set answer word ("Yes", "No", "True", "False"), every object name
     (" red square", after a space as in sentences) and every relation phrase (" to the left of the") is a single
     token.
 
     `vocab_size` is an upper bound (the corpus runs out of merges at 2024 tokens); 1280, the default, is the smallest
-    multiple of 256 at which every object name, plural and relation phrase is a single token.
+    multiple of 256 at which every object name, plural and relation phrase is a single token. `kind_weights`: the
+    training run's question mix, which the corpus is drawn with (another mix gives other merges).
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
@@ -93,7 +96,7 @@ def build_demo_tokenizer(vocab_size: int = 1280) -> PreTrainedTokenizerFast:
     tokenizer.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=True)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(corpus(kind_weights), trainer=trainer)
     split = [word for pair in CLOSED_SETS for word in pair if len(tokenizer.encode(word).ids) != 1]
     split += [name for name in (*OBJECT_NAMES, *OBJECT_PLURALS, *RELATION_WORDS)
               if len(tokenizer.encode(" " + name).ids) != 1]

@@ -11,13 +11,32 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cobra_app.demo.conversations import QA_KINDS
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.loop import train
 from cobra_app.model.cobra import IMAGE_TOKEN_ORDERS
+
+
+def kind_weights(text: str) -> dict[str, float]:
+    """"exist=5,spatial=4" -> {"exist": 5.0, "spatial": 4.0}: the question kinds whose training share changes."""
+    weights = {}
+    for part in text.split(","):
+        kind, _, value = part.partition("=")
+        kind = kind.strip()
+        if kind not in QA_KINDS:
+            raise argparse.ArgumentTypeError(f"unknown question kind {kind!r}; known: {', '.join(QA_KINDS)}")
+        try:
+            weights[kind] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not KIND=WEIGHT") from None
+        if not (math.isfinite(weights[kind]) and weights[kind] >= 0):
+            raise argparse.ArgumentTypeError(f"the weight of {kind!r} must be a finite number >= 0")
+    return weights
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainConfig]:
@@ -33,6 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     p.add_argument("--average-last", type=int, default=defaults.average_last,
                    help="save the mean of the weights after each of the last N steps (0 = the last step's weights)")
+    p.add_argument("--kind-weights", type=kind_weights, default={}, metavar="KIND=W,...",
+                   help="change some question kinds' shares of training, e.g. exist=5,spatial=4 (defaults: "
+                        + ",".join(f"{k}={w:g}" for k, w in defaults.kind_weights.items()) + ")")
     p.add_argument("--multi-turn-prob", type=float, default=defaults.multi_turn_prob)
     p.add_argument("--threads", type=int, default=defaults.threads,
                    help="torch threads, and the processes that render the scenes")
@@ -56,9 +78,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--d-state", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if not sum({**defaults.kind_weights, **args.kind_weights}.values()) > 0:
+        p.error("--kind-weights leaves no question kind to ask")
     cfg = dataclasses.replace(
         defaults, seed=args.seed, steps=args.steps, max_minutes=args.max_minutes, rows_per_batch=args.rows_per_batch,
         lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps), average_last=args.average_last,
+        kind_weights={**defaults.kind_weights, **args.kind_weights},
         multi_turn_prob=args.multi_turn_prob, threads=args.threads, monitor_every=args.monitor_every,
         d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state, vision_steps=args.vision_steps,
         oracle_steps=args.oracle_steps, projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cobra_app.demo.conversations import (
+    KIND_WEIGHTS,
     QA,
     QA_KINDS,
     iter_training_examples,
@@ -167,6 +168,17 @@ def test_sample_conversation_respects_turns():
         conversation = sample_conversation(scene, rng, n_turns)
         assert len(conversation) == n_turns
         assert all(isinstance(qa, QA) and qa.kind in QA_KINDS for qa in conversation)
+
+
+def test_training_asks_the_kinds_in_proportion_to_their_weights():
+    def kinds(weights):
+        return collections.Counter(qa.kind for _, conversation in itertools.islice(
+            iter_training_examples(4, kind_weights=weights), 400) for qa in conversation)
+
+    assert kinds({"exist": 1.0, "spatial": 1.0}).keys() == {"exist", "spatial"}
+    default, more = kinds(KIND_WEIGHTS), kinds({**KIND_WEIGHTS, "exist": 6.0, "spatial": 3.0})
+    assert more["exist"] / sum(more.values()) > 1.5 * default["exist"] / sum(default.values())
+    assert more["spatial"] < default["spatial"]
 
 
 def test_closed_set_answers_are_exact_words_and_balanced():

@@ -5,8 +5,8 @@ import itertools
 import pytest
 from transformers import AutoTokenizer
 
-from cobra_app.demo.conversations import CLOSED_SETS, iter_training_examples
-from cobra_app.demo.tokenizer import OBJECT_NAMES, OBJECT_PLURALS, RELATION_WORDS, build_demo_tokenizer
+from cobra_app.demo.conversations import CLOSED_SETS, NUMBERS, iter_training_examples
+from cobra_app.demo.tokenizer import OBJECT_NAMES, OBJECT_PLURALS, RELATION_WORDS, build_demo_tokenizer, corpus
 
 TEXTS = (
     "<|user|>\nIs the red circle to the left of the blue square?<|endoftext|>\n<|assistant|>\n",
@@ -62,6 +62,18 @@ def test_every_object_name_and_relation_phrase_is_one_token_and_other_spellings_
         assert tokenizer.decode(ids) == text and len(ids) > 1
     assert "overĠthe" not in tokenizer.tokenize(" moreover the")  # a phrase is never cut out of a longer word
     assert "ĠoverĠthe" in tokenizer.tokenize(" over the")
+
+
+def answers(texts):
+    """The assistant replies of a corpus: each text that follows an assistant marker."""
+    texts = list(texts)
+    return [reply for marker, reply in zip(texts, texts[1:]) if marker == "\n<|assistant|>\n"]
+
+
+def test_the_corpus_is_drawn_with_the_training_runs_question_mix():
+    counts = answers(corpus({"count": 1.0}))
+    assert counts and {reply.rstrip(".").lower() for reply in counts} <= set(NUMBERS)
+    assert {"Yes", "No", "True", "False"} <= set(answers(corpus()))
 
 
 def test_build_is_deterministic(tokenizer):

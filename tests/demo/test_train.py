@@ -3,6 +3,9 @@
 import json
 from pathlib import Path
 
+import pytest
+
+from cobra_app.demo.conversations import KIND_WEIGHTS
 from cobra_app.demo.train import parse_args
 from cobra_app.demo.training.config import TrainConfig
 
@@ -23,6 +26,20 @@ def test_options_set_the_config_and_everything_else_keeps_the_recipe():
                                                                        recipe.max_minutes, recipe.seed)
 
 
+def test_kind_weights_change_the_named_kinds_and_keep_the_others():
+    _, cfg = parse_args(["--kind-weights", "exist=5, spatial=4"])
+    assert cfg.kind_weights == {**KIND_WEIGHTS, "exist": 5.0, "spatial": 4.0}
+    assert parse_args([])[1].kind_weights == KIND_WEIGHTS
+
+
+@pytest.mark.parametrize("option", ["exists=5", "exist=five", "exist=-1", "exist=inf", "exist",
+                                    "describe=0,count=0,colour=0,shape=0,exist=0,spatial=0"])
+def test_kind_weights_refuse_unknown_kinds_bad_numbers_and_an_empty_mix(option, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--kind-weights", option])
+    assert "--kind-weights" in capsys.readouterr().err
+
+
 def test_the_learning_rate_warm_up_never_outlasts_the_run():
     _, cfg = parse_args(["--steps", "3"])
     assert cfg.warmup_steps == 3
@@ -30,7 +47,9 @@ def test_the_learning_rate_warm_up_never_outlasts_the_run():
 
 # options added after the shipped run (R10) was trained, at the value that gives the recipe it ran
 ADDED_SINCE_THE_SHIPPED_RUN = {"local_weight": 0.0, "oracle_places": True, "image_token_order": "rows",
-                               "average_last": 0}
+                               "average_last": 0,
+                               "kind_weights": {"describe": 2, "count": 2, "colour": 2, "shape": 2, "exist": 3,
+                                                "spatial": 6}}
 
 
 def test_the_defaults_are_the_recipe_of_the_shipped_model():

@@ -99,12 +99,12 @@ def make_batch(
 
 
 class BatchStream:
-    """Endless deterministic stream of training batches from `iter_training_examples(seed)`. The first
-    `cfg.oracle_steps` batches carry no pixel values: the oracle stage reads `OracleTokens` in place of the images, so
-    rendering them would only cost time (about 0.04 s a step)."""
+    """Endless deterministic stream of training batches from `iter_training_examples(seed)`, the kinds of question
+    mixed as `cfg.kind_weights` says. The first `cfg.oracle_steps` batches carry no pixel values: the oracle stage
+    reads `OracleTokens` in place of the images, so rendering them would only cost time (about 0.04 s a step)."""
 
     def __init__(self, seed: int, tokens: TurnTokenizer, render_scenes: RenderScenes, cfg: TrainConfig):
-        self.examples = iter_training_examples(seed)
+        self.examples = iter_training_examples(seed, kind_weights=cfg.kind_weights)
         self.rng = np.random.default_rng([seed, 1])  # row-format choices
         self.tokens, self.render_scenes, self.cfg = tokens, render_scenes, cfg
         self.served = 0  # batches so far

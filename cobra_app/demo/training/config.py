@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cobra_app.demo.conversations import KIND_WEIGHTS
 
 
 @dataclass
@@ -14,6 +16,8 @@ class TrainConfig:
     steps: int = 5600  # optimizer steps of the cosine schedule (stage 2, the oracle stage included)
     max_minutes: float = 60.0  # hard wall-clock budget (model building and saving included)
     rows_per_batch: int = 48  # question rows per step (scenes are added whole until this is reached)
+    kind_weights: dict[str, float] = field(default_factory=lambda: dict(KIND_WEIGHTS))  # the question kinds' shares
+    # in training conversations (and in the tokenizer's corpus, drawn from the same stream)
     multi_turn_prob: float = 0.3  # share of multi-turn conversations kept whole (the rest: one row per question)
     lr: float = 2e-3
     min_lr_ratio: float = 0.05

@@ -100,7 +100,7 @@ def train(
     get_ops(torch.device("cpu"))  # the kernels load (or compile) before the clock starts: not charged to the pace
     budget = Budget(cfg.max_minutes * 60, clock or time.monotonic)
     torch.set_num_threads(cfg.threads)
-    tokenizer = tokenizer or build_demo_tokenizer()
+    tokenizer = tokenizer or build_demo_tokenizer(kind_weights=cfg.kind_weights)
     overrides = {k: v for k in ("d_model", "n_layer", "d_state") if (v := getattr(cfg, k)) is not None}
     config = dataclasses.replace(config or demo_config(len(tokenizer), **overrides),
                                  image_token_order=cfg.image_token_order)  # the recipe's reading order

@@ -76,6 +76,16 @@ def test_the_kernels_are_loaded_before_the_training_clock_starts(tokenizer, monk
     assert events[0] == "kernels" and "clock" in events
 
 
+def test_the_tokenizer_is_learned_from_the_runs_own_question_mix(tokenizer, monkeypatch):
+    """A run given no tokenizer learns one from a corpus mixed as its questions are (another mix, other merges)."""
+    built = []
+    monkeypatch.setattr(loop, "build_demo_tokenizer", lambda **kwargs: built.append(kwargs) or tokenizer)
+    cfg = TrainConfig(**TINY_HEADS, steps=1, rows_per_batch=4, warmup_steps=1, monitor_every=0, vision_steps=0,
+                      oracle_steps=0, kind_weights={"exist": 1.0, "spatial": 1.0})
+    train(cfg, None, config=tiny_config(len(tokenizer)), progress=False)
+    assert built == [{"kind_weights": {"exist": 1.0, "spatial": 1.0}}]
+
+
 @pytest.mark.parametrize("order", ["rows", "columns"])
 def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_path, order):
     """...in the reading order of the recipe (`image_token_order`), which the saved model keeps."""
