@@ -78,12 +78,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--d-state", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    if not sum({**defaults.kind_weights, **args.kind_weights}.values()) > 0:
+    mix = {**defaults.kind_weights, **args.kind_weights}
+    if not sum(mix.values()) > 0:
         p.error("--kind-weights leaves no question kind to ask")
     cfg = dataclasses.replace(
         defaults, seed=args.seed, steps=args.steps, max_minutes=args.max_minutes, rows_per_batch=args.rows_per_batch,
         lr=args.lr, warmup_steps=min(args.warmup_steps, args.steps), average_last=args.average_last,
-        kind_weights={**defaults.kind_weights, **args.kind_weights},
+        kind_weights=mix,
         multi_turn_prob=args.multi_turn_prob, threads=args.threads, monitor_every=args.monitor_every,
         d_model=args.d_model, n_layer=args.n_layer, d_state=args.d_state, vision_steps=args.vision_steps,
         oracle_steps=args.oracle_steps, projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale,
