@@ -186,8 +186,9 @@ FOLLOW_UPS: dict[str, tuple[str, ...]] = {
     "shape": ("And the {colour} one?", "What about the {colour} one?"),
     "exist": ("And {obj}?", "What about {obj}?"),
 }
-# relative frequency of each kind in training conversations; spatial relations, the slowest to learn, get the most
-KIND_WEIGHTS: dict[str, float] = {"describe": 2, "count": 2, "colour": 2, "shape": 2, "exist": 3, "spatial": 6}
+# relative frequency of each kind in training conversations (the recipe's default mix); existence, whose one-token
+# Yes/No must be read from the right object, gets the most (docs/DEMO_MODEL.md session 24)
+KIND_WEIGHTS: dict[str, float] = {"describe": 2, "count": 2, "colour": 2, "shape": 2, "exist": 5, "spatial": 4}
 FOLLOW_UP_PROB = 0.5
 MAX_TURNS = 4
 RENDERINGS = ("original", "train", "held-out")  # scene looks: `sample_scene`, or a `sample_styled_scene` family

@@ -69,8 +69,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--local-weight", type=float, default=defaults.local_weight,
                    help="weight of the warm-up's per-patch object-centre target; > 0 also puts each patch's object "
                         "in the oracle's tokens (0 = neither)")
-    p.add_argument("--no-oracle-places", dest="oracle_places", action="store_false",
-                   help="the oracle's tokens without each object's place from the left and the top (its centre only)")
+    p.add_argument("--oracle-places", action=argparse.BooleanOptionalAction, default=defaults.oracle_places,
+                   help="whether the oracle's tokens give each object's place from the left and the top (else its "
+                        "centre only)")
     p.add_argument("--image-token-order", choices=sorted(IMAGE_TOKEN_ORDERS), default=defaults.image_token_order,
                    help="the order the language model reads the image patches in (the release: rows)")
     p.add_argument("--d-model", type=int, default=None)

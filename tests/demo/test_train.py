@@ -13,22 +13,22 @@ from cobra_app.demo.training.config import TrainConfig
 def test_options_set_the_config_and_everything_else_keeps_the_recipe():
     args, cfg = parse_args(["--out", "/tmp/m", "--steps", "12", "--warmup-steps", "4", "--vision-steps", "20",
                             "--oracle-steps", "4", "--projector-steps", "3", "--monitor-every", "0", "--threads", "2",
-                            "--vision-lr-scale", "0.1", "--local-weight", "10", "--no-oracle-places",
-                            "--image-token-order", "columns", "--average-last", "7"])
+                            "--vision-lr-scale", "0.1", "--local-weight", "0", "--oracle-places",
+                            "--image-token-order", "rows", "--average-last", "7"])
     assert args.out == Path("/tmp/m")
     assert (cfg.steps, cfg.warmup_steps, cfg.vision_steps, cfg.oracle_steps, cfg.projector_steps) == (12, 4, 20, 4, 3)
-    assert (cfg.monitor_every, cfg.threads, cfg.vision_lr_scale, cfg.local_weight) == (0, 2, 0.1, 10.0)
-    assert not cfg.oracle_places and parse_args([])[1].oracle_places
-    assert (cfg.image_token_order, parse_args([])[1].image_token_order) == ("columns", "rows")
-    assert (cfg.average_last, parse_args([])[1].average_last) == (7, 0)
+    assert (cfg.monitor_every, cfg.threads, cfg.vision_lr_scale, cfg.local_weight) == (0, 2, 0.1, 0.0)
+    assert cfg.oracle_places and not parse_args([])[1].oracle_places
+    assert (cfg.image_token_order, parse_args([])[1].image_token_order) == ("rows", "columns")
+    assert (cfg.average_last, parse_args([])[1].average_last) == (7, 1400)
     recipe = TrainConfig()
     assert (cfg.lr, cfg.rows_per_batch, cfg.max_minutes, cfg.seed) == (recipe.lr, recipe.rows_per_batch,
                                                                        recipe.max_minutes, recipe.seed)
 
 
 def test_kind_weights_change_the_named_kinds_and_keep_the_others():
-    _, cfg = parse_args(["--kind-weights", "exist=5, spatial=4"])
-    assert cfg.kind_weights == {**KIND_WEIGHTS, "exist": 5.0, "spatial": 4.0}
+    _, cfg = parse_args(["--kind-weights", "exist=3, spatial=6"])
+    assert cfg.kind_weights == {**KIND_WEIGHTS, "exist": 3.0, "spatial": 6.0}
     assert parse_args([])[1].kind_weights == KIND_WEIGHTS
 
 
@@ -45,17 +45,17 @@ def test_the_learning_rate_warm_up_never_outlasts_the_run():
     assert cfg.warmup_steps == 3
 
 
-# options added after the shipped run (R10) was trained, at the value that gives the recipe it ran
-ADDED_SINCE_THE_SHIPPED_RUN = {"local_weight": 0.0, "oracle_places": True, "image_token_order": "rows",
-                               "average_last": 0,
-                               "kind_weights": {"describe": 2, "count": 2, "colour": 2, "shape": 2, "exist": 3,
-                                                "spatial": 6}}
+# where the shipped run (R25) departed from the recipe: a longer clock on a host slower than the one the recipe's hour
+# was timed on, so that it ran its 5600 steps (docs/DEMO_MODEL.md session 24)
+SHIPPED_RUN_DEPARTURES = {"max_minutes": 85.0}
 
 
 def test_the_defaults_are_the_recipe_of_the_shipped_model():
     shipped = json.loads((Path(__file__).resolve().parents[2] / "assets/demo-model/training.json").read_text())
-    recipe = {**ADDED_SINCE_THE_SHIPPED_RUN, **shipped["train_config"]}
+    recipe = shipped["train_config"]
+    assert {k: recipe[k] for k in SHIPPED_RUN_DEPARTURES} == SHIPPED_RUN_DEPARTURES
     defaults = json.loads(json.dumps(TrainConfig().to_dict()))  # as saved: tuples become lists
-    printing = {"monitor_every", "monitor_items"}  # how often the run prints, not what it learns
-    assert {k: v for k, v in defaults.items() if k not in printing} == {
-        k: v for k, v in recipe.items() if k not in printing}
+    left_out = {"monitor_every", "monitor_items"} | SHIPPED_RUN_DEPARTURES.keys()  # how often the run prints, not
+    # what it learns; and the departures
+    assert {k: v for k, v in defaults.items() if k not in left_out} == {
+        k: v for k, v in recipe.items() if k not in left_out}

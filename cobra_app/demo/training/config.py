@@ -25,7 +25,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
-    average_last: int = 0  # stage 2's last steps whose weights are averaged into the saved model (stochastic weight
+    average_last: int = 1400  # stage 2's last steps whose weights are averaged into the saved model (stochastic weight
     # averaging, torch.optim.swa_utils.AveragedModel; a run stopped by time averages those it reached); 0 = none
     min_chunk: int = 8  # shortest text chunk fed separately to the rows still running
     threads: int = 2  # 1.56x faster steps than 1 on an idle 2-core machine; use 1 when the other core is busy
@@ -35,17 +35,17 @@ class TrainConfig:
     d_model: int | None = None  # override the demo config's Mamba width / depth (None = model_config defaults)
     n_layer: int | None = None
     d_state: int | None = None
-    image_token_order: str = "rows"  # the order the language model reads the patches in (CobraConfig; "columns":
-    # objects of different columns arrive left to right, docs/DEMO_MODEL.md session 20)
+    image_token_order: str = "columns"  # the order the language model reads the patches in (CobraConfig; the
+    # release reads rows; columns bring objects of different columns left to right, docs/DEMO_MODEL.md session 20)
     # stage 1, the vision warm-up (the release starts from pretrained DINOv2 / SigLIP; ours start from scratch)
     vision_steps: int = 3600
     vision_lr: float = 1e-3
     vision_images: int = 64  # scenes per vision warm-up step
     # the local target: weight of the warm-up's per-patch object-centre offsets; > 0 also gives the oracle's tokens
     # each patch's own object (`patch_inventory`), so the projector learns to pass it on; 0 = neither
-    local_weight: float = 0.0
-    oracle_places: bool = True  # the oracle's tokens give each object's place from the left and the top (False:
-    # presence and centres only, so the language model learns to order objects by their centres)
+    local_weight: float = 10.0
+    oracle_places: bool = False  # whether the oracle's tokens give each object's place from the left and the top
+    # (False: presence and centres only, so the language model learns to order objects from the image itself)
     # the oracle stage: the first `oracle_steps` of stage 2 read perfect vision (OracleTokens) instead of the images;
     # then the projector learns to output those tokens (`projector_steps`, the tower frozen), and stage 2 goes on
     oracle_steps: int = 600

@@ -18,11 +18,12 @@ from cobra_app.demo.training.model_init import build_model
 from cobra_app.demo.training.saving import INFO_FILE, LOG_FILE, STORAGE_DTYPE
 
 TINY_HEADS = {"lookup_layer": 0, "offset_layer": 1, "verdict_layer": 1}  # the tiny model has two blocks
+UNAVERAGED = {"average_last": 0}  # the recipe averages more steps than these runs have
 
 
 def test_stage_two_keeps_the_warmed_up_tower_frozen_by_default(tokenizer):
-    cfg = TrainConfig(**TINY_HEADS, steps=3, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0,
-                        oracle_steps=0)
+    cfg = TrainConfig(**UNAVERAGED, **TINY_HEADS, steps=3, rows_per_batch=6, warmup_steps=1, monitor_every=0,
+                      vision_steps=0, oracle_steps=0)
     assert cfg.vision_lr_scale == 0
     torch.manual_seed(0)
     before = {k: v.clone() for k, v in build_model(tiny_config(len(tokenizer)), seed=cfg.seed).state_dict().items()}
@@ -38,7 +39,7 @@ def test_the_same_seed_trains_the_same_weights_through_every_stage(tokenizer, lo
     seed 3, on two threads: equal weights, bit for bit; another seed gives other weights. The budget is read on a
     stopped clock, so however loaded the machine, the clock never enters the schedule (a run that keeps to its
     budget)."""
-    cfg = TrainConfig(**TINY_HEADS, seed=3, steps=6, rows_per_batch=6, warmup_steps=2, monitor_every=0,
+    cfg = TrainConfig(**UNAVERAGED, **TINY_HEADS, seed=3, steps=6, rows_per_batch=6, warmup_steps=2, monitor_every=0,
                       vision_steps=2, vision_images=4, oracle_steps=2, projector_steps=2, threads=2,
                       local_weight=local_weight)
 
@@ -58,7 +59,7 @@ def test_at_the_demo_models_size_two_runs_of_one_seed_are_equal_bit_for_bit(toke
     """At the shipped model's sizes (48 rows a step: the backward of the rows that share a scene's state is large
     enough to be split over threads), every stage twice from one seed on two threads: equal weights, bit for bit.
     Training switches torch to deterministic algorithms for its duration only."""
-    cfg = TrainConfig(seed=5, steps=4, warmup_steps=1, monitor_every=0, vision_steps=1, vision_images=4,
+    cfg = TrainConfig(**UNAVERAGED, seed=5, steps=4, warmup_steps=1, monitor_every=0, vision_steps=1, vision_images=4,
                         oracle_steps=2, projector_steps=1, threads=2)
     first, second = (train(cfg, None, tokenizer=tokenizer, progress=False).vlm.state_dict() for _ in range(2))
     assert all(torch.equal(first[k], second[k]) for k in first)
@@ -69,8 +70,8 @@ def test_the_kernels_are_loaded_before_the_training_clock_starts(tokenizer, monk
     """Loading (or compiling) the CPU kernels is not charged to the budget nor to the pace of the first step."""
     events = []
     monkeypatch.setattr(loop, "get_ops", lambda device: events.append("kernels"))
-    cfg = TrainConfig(**TINY_HEADS, steps=2, rows_per_batch=4, warmup_steps=1, monitor_every=0, vision_steps=0,
-                        oracle_steps=0)
+    cfg = TrainConfig(**UNAVERAGED, **TINY_HEADS, steps=2, rows_per_batch=4, warmup_steps=1, monitor_every=0,
+                      vision_steps=0, oracle_steps=0)
     train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False,
           clock=lambda: events.append("clock") or time.monotonic())
     assert events[0] == "kernels" and "clock" in events
@@ -80,8 +81,8 @@ def test_the_tokenizer_is_learned_from_the_runs_own_question_mix(tokenizer, monk
     """A run given no tokenizer learns one from a corpus mixed as its questions are (another mix, other merges)."""
     built = []
     monkeypatch.setattr(loop, "build_demo_tokenizer", lambda **kwargs: built.append(kwargs) or tokenizer)
-    cfg = TrainConfig(**TINY_HEADS, steps=1, rows_per_batch=4, warmup_steps=1, monitor_every=0, vision_steps=0,
-                      oracle_steps=0, kind_weights={"exist": 1.0, "spatial": 1.0})
+    cfg = TrainConfig(**UNAVERAGED, **TINY_HEADS, steps=1, rows_per_batch=4, warmup_steps=1, monitor_every=0,
+                      vision_steps=0, oracle_steps=0, kind_weights={"exist": 1.0, "spatial": 1.0})
     train(cfg, None, config=tiny_config(len(tokenizer)), progress=False)
     assert built == [{"kind_weights": {"exist": 1.0, "spatial": 1.0}}]
 
@@ -91,8 +92,9 @@ def test_a_few_steps_reduce_the_loss_and_save_a_loadable_model(tokenizer, tmp_pa
     """...in the reading order of the recipe (`image_token_order`), which the saved model keeps."""
     from cobra_app import load
 
-    cfg = TrainConfig(**TINY_HEADS, steps=60, rows_per_batch=12, lr=3e-3, warmup_steps=5, monitor_every=0, vision_steps=5,
-                        oracle_steps=10, projector_steps=5, vision_images=8, image_token_order=order)
+    cfg = TrainConfig(**UNAVERAGED, **TINY_HEADS, steps=60, rows_per_batch=12, lr=3e-3, warmup_steps=5,
+                      monitor_every=0, vision_steps=5, oracle_steps=10, projector_steps=5, vision_images=8,
+                      image_token_order=order)
     out = tmp_path / "tiny-model"
     result = train(cfg, out, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
     losses = [e["loss"] for e in result.log]
