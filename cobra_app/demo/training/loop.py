@@ -57,11 +57,6 @@ def stage_two_parts(vlm: CobraVLM, config: CobraConfig, cfg: TrainConfig
              if cfg.lookup_loss_weight else None)
     if heads and max(heads.layers) >= config.llm.n_layer:
         raise ValueError(f"the look-up heads read blocks {heads.layers}; the model has {config.llm.n_layer}")
-    if cfg.oracle_steps >= cfg.steps:
-        raise ValueError(f"oracle_steps ({cfg.oracle_steps}) must leave steps for real images (steps {cfg.steps})")
-    if cfg.average_last > cfg.steps - cfg.oracle_steps:
-        raise ValueError(f"average_last ({cfg.average_last}) must average steps on real images only "
-                         f"(steps {cfg.steps}, oracle_steps {cfg.oracle_steps})")
     vision = config.vision
     oracle = (OracleTokens(vision.image_size, vision.patch_grid, config.llm.d_model, local=cfg.local_weight > 0,
                            places=cfg.oracle_places)
@@ -85,6 +80,15 @@ def optimizer_step(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None, oracl
     return loss.item(), grad_norm
 
 
+def check_schedule(cfg: TrainConfig) -> None:
+    """Refuse a stage-2 schedule that cannot run, before any training (the vision warm-up alone takes minutes)."""
+    if cfg.oracle_steps >= cfg.steps:
+        raise ValueError(f"oracle_steps ({cfg.oracle_steps}) must leave steps for real images (steps {cfg.steps})")
+    if cfg.average_last > cfg.steps - cfg.oracle_steps:
+        raise ValueError(f"average_last ({cfg.average_last}) must average steps on real images only "
+                         f"(steps {cfg.steps}, oracle_steps {cfg.oracle_steps}; --average-last sets it)")
+
+
 @deterministic_algorithms()
 def train(
     cfg: TrainConfig,
@@ -97,6 +101,7 @@ def train(
 ) -> TrainResult:
     """Train; with `out_dir`, save the model directory, the loss log and the run info (`command`: how it was run)
     there. `clock` (seconds; default `time.monotonic`) is what the wall-clock budget is read on."""
+    check_schedule(cfg)
     get_ops(torch.device("cpu"))  # the kernels load (or compile) before the clock starts: not charged to the pace
     budget = Budget(cfg.max_minutes * 60, clock or time.monotonic)
     torch.set_num_threads(cfg.threads)

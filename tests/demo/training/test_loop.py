@@ -141,11 +141,14 @@ def test_the_model_holds_the_mean_of_the_weights_after_each_of_the_last_averaged
     assert bool(moved) == (average_last > 0)
 
 
-def test_averaging_reaches_back_no_further_than_the_oracle_stage(tokenizer):
-    cfg = TrainConfig(**TINY_HEADS, steps=5, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0,
+def test_averaging_reaches_back_no_further_than_the_oracle_stage_refused_before_any_training(tokenizer, monkeypatch):
+    warmed_up = []
+    monkeypatch.setattr(loop, "warm_up_vision", lambda *args: warmed_up.append(args) or [])
+    cfg = TrainConfig(**TINY_HEADS, steps=5, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=3,
                       oracle_steps=2, projector_steps=1, average_last=4)
     with pytest.raises(ValueError, match="average_last"):
         train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
+    assert warmed_up == []
 
 
 def test_time_budget_stops_gracefully_and_saves(tokenizer, tmp_path):
