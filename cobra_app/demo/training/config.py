@@ -26,7 +26,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
     average_last: int = 1400  # stage 2's last steps whose weights are averaged into the saved model (stochastic weight
-    # averaging, torch.optim.swa_utils.AveragedModel; a run stopped by time averages those it reached); 0 = none
+    # averaging, torch.optim.swa_utils.AveragedModel; once the clock compresses the schedule, the same share of its
+    # time); 0 = none
     min_chunk: int = 8  # shortest text chunk fed separately to the rows still running
     threads: int = 2  # 1.56x faster steps than 1 on an idle 2-core machine; use 1 when the other core is busy
     # (OpenMP barriers stall then). Also the number of processes that render a step's scenes (1: rendered in-process)

@@ -139,7 +139,7 @@ def _run_stages(vlm: CobraVLM, cfg: TrainConfig, tokens: TurnTokenizer, tokenize
             batch = next(stream)
             on_oracle = oracle if step < cfg.oracle_steps else None
             value, grad_norm = optimizer_step(vlm, batch, heads, on_oracle, optimizer, cfg.grad_clip)
-            if step >= cfg.steps - cfg.average_last:  # stochastic weight averaging over the last steps
+            if schedule.averages(step):  # stochastic weight averaging over the schedule's last steps
                 averaged = averaged if averaged is not None else AveragedModel(vlm, use_buffers=False)
                 averaged.update_parameters(vlm)
             ema = value if ema is None else 0.95 * ema + 0.05 * value

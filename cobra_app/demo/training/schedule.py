@@ -72,6 +72,7 @@ class BudgetedCosine:
         self.loop_offset = budget.elapsed()  # seconds of the budget spent before stage 2
         self.step_seconds = 0.0  # time spent in optimizer steps so far (monitoring included, the projector warm-up not)
         self.behind = False  # projected to overrun the budget: the cosine then follows the clock
+        self.time_progress = 0.0  # share of stage 2's time spent, as of the last `lr` call
 
     def lr(self, step: int) -> float | None:
         """The learning rate of `step` (0-based), or None when the budget is spent."""
@@ -82,5 +83,15 @@ class BudgetedCosine:
         if not self.behind and step > cfg.warmup_steps:
             self.behind = elapsed + self.step_seconds / step * (cfg.steps - step) > budget.usable
         step_progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-        time_progress = (elapsed - self.loop_offset) / max(budget.usable - self.loop_offset, 1)
-        return lr_at(cfg, step, max(step_progress, time_progress) if self.behind else step_progress)
+        self.time_progress = (elapsed - self.loop_offset) / max(budget.usable - self.loop_offset, 1)
+        return lr_at(cfg, step, max(step_progress, self.time_progress) if self.behind else step_progress)
+
+    def averages(self, step: int) -> bool:
+        """Whether the weights after `step` (0-based, its `lr` read) join the saved average: the schedule's last
+        `average_last` steps, or, once the clock compresses it, its last average_last/steps share of the time
+        (a run stopped by time would otherwise stop before its averaging starts)."""
+        cfg = self.cfg
+        if cfg.average_last == 0 or step < cfg.oracle_steps:
+            return False
+        late_in_time = self.time_progress >= 1 - cfg.average_last / max(cfg.steps - cfg.warmup_steps, 1)
+        return step >= cfg.steps - cfg.average_last or (self.behind and late_in_time)

@@ -1,6 +1,7 @@
 """Spec: the learning rate warms up linearly, then follows the cosine; the cosine's progress is by step while the run
 keeps to its wall-clock budget, by time once it is projected to overrun it, and the budget stops the run at its
-deadline (read on an injected clock)."""
+deadline (read on an injected clock); the weights averaged are those of the schedule's last steps, by the same
+progress."""
 
 import pytest
 
@@ -54,3 +55,27 @@ def test_a_run_on_pace_follows_the_steps_and_one_projected_to_overrun_follows_th
     assert behind.behind
     assert lrs[3] == pytest.approx(lr_at(cfg, 3, 30.0 / 40.0))  # by time: 30 of 40 s, not 1 of 10 steps
     assert lrs[4] is not None and lrs[5] is None  # 50 s elapsed: spent
+
+
+def averaged_steps(cfg: TrainConfig, usable_seconds: float, seconds_per_step: float) -> list[int]:
+    """The steps (0-based) whose weights join the average in a run of `cfg` at a steady pace, until the budget stops it."""
+    clock = Clock()
+    schedule = BudgetedCosine(cfg, Budget(SAVE_RESERVE_SECONDS + usable_seconds, clock))
+    averaged = []
+    for step in range(cfg.steps):
+        if schedule.lr(step) is None:
+            break
+        averaged += [step] if schedule.averages(step) else []
+        clock.now += seconds_per_step
+        schedule.step_seconds += seconds_per_step
+    return averaged
+
+
+def test_the_averaged_steps_are_the_schedules_last_by_step_on_pace_and_its_last_share_of_time_once_behind():
+    cfg = TrainConfig(warmup_steps=2, steps=12, average_last=3, oracle_steps=0)
+    assert averaged_steps(cfg, 1000.0, 1.0) == [9, 10, 11]
+    # 80 usable seconds for 12 steps of 10 s: steps 0-8 run; the last 3 of 10 scheduled steps = the last 30% of the
+    # time, from 56 s on: the steps read at 60, 70 and 80 s
+    assert averaged_steps(cfg, 80.0, 10.0) == [6, 7, 8]
+    assert averaged_steps(TrainConfig(warmup_steps=2, steps=12, average_last=0, oracle_steps=0), 80.0, 10.0) == []
+    assert averaged_steps(TrainConfig(warmup_steps=2, steps=12, average_last=3, oracle_steps=7), 80.0, 10.0) == [7, 8]
