@@ -58,7 +58,8 @@ def test_a_run_on_pace_follows_the_steps_and_one_projected_to_overrun_follows_th
 
 
 def averaged_steps(cfg: TrainConfig, usable_seconds: float, seconds_per_step: float) -> list[int]:
-    """The steps (0-based) whose weights join the average in a run of `cfg` at a steady pace, until the budget stops it."""
+    """The steps (0-based) whose weights join the average in a run of `cfg` at a steady pace, until the budget
+    stops it."""
     clock = Clock()
     schedule = BudgetedCosine(cfg, Budget(SAVE_RESERVE_SECONDS + usable_seconds, clock))
     averaged = []
