@@ -30,7 +30,7 @@ from torch.utils.cpp_extension import get_default_build_root
 from cobra_app.model.ops.cpu_capability import host_isa
 
 SOURCE_DIR = Path(__file__).parent
-SOURCES = ("cpu_isa.cpp", "selective_scan_cpu.cpp", "linear_cpu.cpp", "decode_step_cpu.cpp")
+SOURCES = ("cpu_isa.cpp", "selective_scan_cpu.cpp", "causal_conv_cpu.cpp", "linear_cpu.cpp", "decode_step_cpu.cpp")
 HEADERS = ("cpu_isa.h", "cpu_vector.h", "cpu_variants.h", "selective_scan_cpu_kernels.h", "linear_cpu_kernels.h")
 # No -march: the AVX2 and AVX-512 kernels are compiled under `#pragma GCC target` and chosen by CPUID at run time.
 CFLAGS = ("-O3", "-fopenmp", "-ffp-contract=fast", "-Wno-psabi")

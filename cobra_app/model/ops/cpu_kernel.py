@@ -1,10 +1,12 @@
-"""Compiled CPU kernels; PyTorch ops remain the fallback: the selective scan (forward and backward) and, for inference,
+"""Compiled CPU kernels; PyTorch ops remain the fallback: the selective scan and the causal conv (forward and backward,
+`causal_conv_cpu.cpp`) and, for inference,
 the projections (`linear`, `linear_cpu.cpp`: matrix-vector kernels for decoding, weights stored in bf16 or int8
 computed in fp32 blocks for longer inputs) and a decode step of the whole layer stack in one call (`decode_layers`,
 `decode_step_cpu.cpp`).
 
 `selective_scan` has exactly the signature and semantics of `torch_ops.selective_scan` (fp32 math, y in u's dtype,
-fp32 state) and is differentiable in every input (a `torch.autograd.Function` whose backward recomputes the states).
+fp32 state) and is differentiable in every input (a `torch.autograd.Function` whose backward recomputes the states);
+`causal_conv1d` those of `torch_ops.causal_conv1d` for fp32 inputs, likewise differentiable.
 
 The library is built once per content (`cpu_build`: cached under a hash of its sources, flags, compiler, torch and
 ISA) and afterwards only loaded (~0.1 s). Building it takes about a minute and needs a C++ compiler with OpenMP, and
@@ -41,7 +43,7 @@ BUILD_NICENESS = 10  # a background build yields the CPU to the requests it serv
 PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # where `python -m cobra_app...` finds the package
 
 _lock = threading.Lock()
-_loaded = False  # the library is loaded and torch.ops.cobra_{cpu,scan,linear,decode}.* registered
+_loaded = False  # the library is loaded and torch.ops.cobra_{cpu,scan,conv,linear,decode}.* registered
 _error: str | None = None
 _background: threading.Thread | None = None
 
@@ -185,6 +187,31 @@ def selective_scan(
     return y, last_state
 
 
+class _CausalConv1d(torch.autograd.Function):
+    """Kernel forward; backward recomputes the pre-activations (nothing but the inputs is saved)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv_state):  # type: ignore[override]
+        ctx.save_for_backward(x, weight, bias, conv_state)
+        return torch.ops.cobra_conv.causal_conv1d_fwd(x, weight, bias, conv_state)
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, grad_state: Tensor):  # type: ignore[override]
+        return torch.ops.cobra_conv.causal_conv1d_bwd(*ctx.saved_tensors, grad_y, grad_state)
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor, conv_state: Tensor) -> tuple[Tensor, Tensor]:
+    """`torch_ops.causal_conv1d` on the compiled kernel (differentiable): x [B, D, L], weight [D, K], bias [D],
+    conv_state [B, D, K] -> (silu(conv(x) + bias) [B, D, L], new conv_state [B, D, K]). fp32 CPU tensors only; other
+    inputs (bf16 or fp16 activations, fp64 gradient checks, other devices) and an unloaded kernel go to `torch_ops`."""
+    tensors = (x, weight, bias, conv_state)
+    if not (_loaded and x.dim() == 3 and all(t.is_cpu and t.dtype == torch.float32 for t in tensors)):
+        return torch_ops.causal_conv1d(*tensors)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _CausalConv1d.apply(*tensors)
+    return torch.ops.cobra_conv.causal_conv1d_fwd(*tensors)
+
+
 def linear(x: Tensor, weight: Tensor, scale: Tensor | None = None) -> Tensor:
     """`torch_ops.linear` (x [..., K], weight [N, K] in x's dtype, bf16 or int8 with scale [N, groups] -> [..., N] in
     x's dtype). Outside autograd, on CPU tensors, the library's `cobra_linear.linear` chooses: decode-sized products (up
@@ -223,11 +250,11 @@ def decode_layers(
     return torch.ops.cobra_decode.decode_layers(hidden, residual, layers, conv_states, ssm_states, eps)
 
 
-KERNEL_OPS = MambaOps("cpu-kernel", torch_ops.causal_conv1d, selective_scan, linear, decode_layers)
+KERNEL_OPS = MambaOps("cpu-kernel", causal_conv1d, selective_scan, linear, decode_layers)
 
 
 def cpu_kernel_ops() -> MambaOps | None:
-    """The kernel scan, projections and fused decode step with the PyTorch conv; None when the kernels cannot be
+    """The kernel conv, scan, projections and fused decode step; None when the kernels cannot be
     built here, or while a background build (`load_in_background`) is running."""
     if _background is not None and _background.is_alive():
         return None
