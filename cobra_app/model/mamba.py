@@ -346,11 +346,13 @@ class MambaLM(nn.Module):
         inputs_embeds: Tensor | None = None,
         state: MambaState | None = None,
         logits_to_keep: int = 0,
+        logits_at: Tensor | None = None,
     ) -> tuple[Tensor, MambaState]:
         """Process a chunk on top of `state` (None: the start of a sequence).
 
         input_ids [B, L] or inputs_embeds [B, L, d], L >= 1. Returns (logits [B, L', V] fp32, new state), with
-        L' = L, or the last `logits_to_keep` positions when that is > 0.
+        L' = L, or the last `logits_to_keep` positions when that is > 0; with `logits_at` (bool [B, L]), the logits of
+        those positions only, [n, V] in row-major order (training: the positions that have a target).
         """
         x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.to(self.compute_dtype)
         if x.shape[1] == 0:
@@ -369,6 +371,8 @@ class MambaLM(nn.Module):
         residual = residual + hidden.float()
         if logits_to_keep:
             residual = residual[:, -logits_to_keep:]
+        if logits_at is not None:
+            residual = residual[logits_at]  # [n, d]
         h = self.backbone.norm_f(residual).to(self.compute_dtype)
         logits = project(ops, h, self.lm_head).float()  # [B, L', V]
         return logits, MambaState(new_layers, state.seqlen + x.shape[1])

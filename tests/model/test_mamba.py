@@ -101,6 +101,28 @@ def test_prefix_embeddings_then_tokens():
     assert rel_err(cont[:, -1], full[:, -1]) <= 1e-5
 
 
+def test_logits_at_some_positions_are_those_of_the_full_pass():
+    """`logits_at` (training: the positions with a target) gives those positions' logits, row-major, and the same
+    state; gradients flow from them as from the full logits."""
+    lm = tiny_lm()
+    g = torch.Generator().manual_seed(11)
+    ids = torch.randint(0, TINY.vocab_size, (3, 9), generator=g)
+    at = torch.rand(3, 9, generator=g) < 0.3
+    at[1] = False  # a row with no targeted position
+    full, full_state = lm(ids)
+    some, state = lm(ids, logits_at=at)
+    assert some.shape == (int(at.sum()), lm.config.padded_vocab_size)
+    assert rel_err(some, full[at]) <= 1e-6
+    assert state.max_abs_diff(full_state) == 0
+    weights = torch.randn(some.shape, generator=g)
+    grads = torch.autograd.grad((some * weights).sum(), list(lm.parameters()), allow_unused=True)
+    grads_ref = torch.autograd.grad((full[at] * weights).sum(), list(lm.parameters()), allow_unused=True)
+    for got, want in zip(grads, grads_ref, strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert rel_err(got, want) <= 1e-5
+
+
 def test_state_passed_in_is_never_modified():
     lm = tiny_lm()
     ids = torch.randint(0, TINY.vocab_size, (1, 8))

@@ -22,8 +22,10 @@ def _select(state: MambaState, index: Tensor | slice) -> MambaState:
 
 
 def batch_logits(vlm: CobraVLM, batch: Batch, image_embeds: Tensor | None = None
-                 ) -> Iterator[tuple[int, int, int, Tensor]]:
-    """Run a batch: yields (start, end, active rows, logits [active, end - start, V]) chunk by chunk.
+                 ) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """Run a batch: yields (start, end, targeted [active, end - start] bool, logits [n, V]) chunk by chunk, where
+    `targeted` marks the chunk's positions that have a target (labels != IGNORE) and the logits are theirs, in
+    row-major order: the LM head runs on those positions only (a step's other positions are five in six).
 
     Image patches first (once per scene; `image_embeds` [S, P, d] in place of the encoded images, e.g. the oracle
     stage's, in the towers' patch order like the projector's output), then each row's text on top of its scene's
@@ -37,8 +39,10 @@ def batch_logits(vlm: CobraVLM, batch: Batch, image_embeds: Tensor | None = None
     _, state = vlm.llm(inputs_embeds=image_embeds, logits_to_keep=1)
     state = _select(state, batch.row_scene)  # [R] rows, each from its scene's state
     for start, end, active in batch.chunks:
-        logits, state = vlm.llm(batch.ids[:active, start:end], state=_select(state, slice(0, active)))
-        yield start, end, active, logits
+        targeted = batch.labels[:active, start:end] != IGNORE
+        logits, state = vlm.llm(batch.ids[:active, start:end], state=_select(state, slice(0, active)),
+                                logits_at=targeted)
+        yield start, end, targeted, logits
 
 
 def batch_loss(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None = None, image_embeds: Tensor | None = None
@@ -51,10 +55,9 @@ def batch_loss(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None = None, im
         lambda module, inputs, out, layer=layer: streams.__setitem__(layer, out[1] + out[0].float()))
         for layer in (set(heads.layers) if heads else ())]
     try:
-        for start, end, active, logits in batch_logits(vlm, batch, image_embeds):
-            labels = batch.labels[:active, start:end]
-            total = total + F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
-                                            reduction="sum")
+        for start, end, targeted, logits in batch_logits(vlm, batch, image_embeds):
+            active = targeted.shape[0]
+            total = total + F.cross_entropy(logits, batch.labels[:active, start:end][targeted], reduction="sum")
             if heads:
                 part = (slice(0, active), slice(start, end))
                 auxiliary = auxiliary + heads.loss(streams, *(t[part] for t in batch.lookup_targets))

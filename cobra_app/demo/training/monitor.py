@@ -13,7 +13,6 @@ from cobra_app.demo.training.batching import make_batch
 from cobra_app.demo.training.forward import batch_logits
 from cobra_app.demo.training.oracle import OracleTokens
 from cobra_app.demo.training.rendering import SceneRenderer
-from cobra_app.demo.training.rows import IGNORE
 from cobra_app.model.cobra import CobraVLM
 from cobra_app.prompting import TurnTokenizer
 
@@ -42,10 +41,10 @@ def monitor_accuracy(vlm: CobraVLM, items, tokens: TurnTokenizer, oracle: Oracle
         batch = make_batch([s for s, _ in chunk], [(j, [qa]) for j, (_, qa) in enumerate(chunk)], tokens,
                            render_scenes, min_chunk=1)
         ok = torch.ones(len(chunk), dtype=torch.bool)
-        for start, end, active, logits in batch_logits(vlm, batch, oracle(batch.scenes) if oracle else None):
-            labels = batch.labels[:active, start:end]
-            wrong = (logits.argmax(-1) != labels) & (labels != IGNORE)
-            ok[:active] &= ~wrong.any(-1)
+        for start, end, targeted, logits in batch_logits(vlm, batch, oracle(batch.scenes) if oracle else None):
+            labels = batch.labels[: targeted.shape[0], start:end][targeted]  # [n] the targeted positions' tokens
+            row_of = targeted.nonzero()[:, 0]  # [n]
+            ok[row_of[logits.argmax(-1) != labels]] = False
         for r, j in enumerate(batch.order):
             qa = chunk[j][1]
             hits.setdefault("absent" if "absent" in qa.tags else qa.kind, []).append(bool(ok[r]))
