@@ -1,8 +1,7 @@
 """Compiled CPU kernels; PyTorch ops remain the fallback: the selective scan and the causal conv (forward and backward,
-`causal_conv_cpu.cpp`) and, for inference,
-the projections (`linear`, `linear_cpu.cpp`: matrix-vector kernels for decoding, weights stored in bf16 or int8
-computed in fp32 blocks for longer inputs) and a decode step of the whole layer stack in one call (`decode_layers`,
-`decode_step_cpu.cpp`).
+`causal_conv_cpu.cpp`) and, for inference, the projections (`linear`, `linear_cpu.cpp`: matrix-vector kernels for
+decoding, weights stored in bf16 or int8 computed in fp32 blocks for longer inputs) and a decode step of the whole layer
+stack in one call (`decode_layers`, `decode_step_cpu.cpp`).
 
 `selective_scan` has exactly the signature and semantics of `torch_ops.selective_scan` (fp32 math, y in u's dtype,
 fp32 state) and is differentiable in every input (a `torch.autograd.Function` whose backward recomputes the states);
@@ -254,8 +253,8 @@ KERNEL_OPS = MambaOps("cpu-kernel", causal_conv1d, selective_scan, linear, decod
 
 
 def cpu_kernel_ops() -> MambaOps | None:
-    """The kernel conv, scan, projections and fused decode step; None when the kernels cannot be
-    built here, or while a background build (`load_in_background`) is running."""
+    """The kernel conv, scan, projections and fused decode step; None when the kernels cannot be built here, or while
+    a background build (`load_in_background`) is running."""
     if _background is not None and _background.is_alive():
         return None
     return KERNEL_OPS if load_kernel() else None
