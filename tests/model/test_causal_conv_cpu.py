@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cobra_app.model.ops import cpu_kernel, torch_ops
-from tests.model.test_cpu_kernel import rel_err
+from tests.model.test_cpu_kernel import grads, rel_err, same_at_one_and_many_threads
 from tests.model.test_ops import naive_conv
 
 NAMES = ["x", "weight", "bias", "conv_state"]
@@ -23,15 +23,6 @@ def conv_args(seed: int, Bsz: int, Dn: int, L: int, K: int, strided: bool = Fals
     x = torch.randn(Bsz, L, 2 * Dn, generator=g).transpose(1, 2)[:, :Dn] if strided else torch.randn(Bsz, Dn, L,
                                                                                                        generator=g)
     return [x, torch.randn(Dn, K, generator=g), torch.randn(Dn, generator=g), torch.randn(Bsz, Dn, K, generator=g)]
-
-
-def grads(conv, args: list[torch.Tensor], y_weight: torch.Tensor | None, s_weight: torch.Tensor | None
-          ) -> list[torch.Tensor]:
-    """Gradients of sum(y * y_weight) + sum(state * s_weight) (a None weight: that output unused) for every input."""
-    inputs = [a.detach().clone().requires_grad_() for a in args]
-    y, state = conv(*inputs)
-    loss = sum((out * w).sum() for out, w in ((y, y_weight), (state, s_weight)) if w is not None)
-    return list(torch.autograd.grad(loss, inputs, allow_unused=True))
 
 
 # (Bsz, Dn, L, K, strided): one step (decoding), shorter than the kernel (L < K), a training chunk's shape, K = 3,
@@ -85,15 +76,8 @@ def test_results_do_not_depend_on_thread_count(kernel_ops):
     bit-reproducible whatever the cores)."""
     args = conv_args(5, 7, 300, 9, 4, strided=True)
     w = torch.randn(7, 300, 9, generator=torch.Generator().manual_seed(6))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = [*cpu_kernel.causal_conv1d(*args), *grads(cpu_kernel.causal_conv1d, args, w, None)]
-        torch.set_num_threads(max(2, threads))
-        many = [*cpu_kernel.causal_conv1d(*args), *grads(cpu_kernel.causal_conv1d, args, w, None)]
-    finally:
-        torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
+    assert same_at_one_and_many_threads(
+        lambda: [*cpu_kernel.causal_conv1d(*args), *grads(cpu_kernel.causal_conv1d, args, w, None)])
 
 
 def test_inputs_are_not_modified(kernel_ops):

@@ -133,9 +133,11 @@ def test_state_passed_in_is_not_modified(kernel_ops):
     assert torch.equal(args[-1], before) and s.data_ptr() != args[-1].data_ptr()
 
 
-def grads(scan, args: list[torch.Tensor], y_weight: torch.Tensor | None, s_weight: torch.Tensor | None):
+def grads(op, args: list[torch.Tensor], y_weight: torch.Tensor | None, s_weight: torch.Tensor | None):
+    """Gradients of sum(y * y_weight) + sum(state * s_weight) for every input of `op` (-> (y, state)); a None weight:
+    that output unused (an input it leaves untouched gets None)."""
     leaves = [a.detach().clone().requires_grad_() for a in args]
-    y, s = scan(*leaves)
+    y, s = op(*leaves)
     loss = 0.0
     if y_weight is not None:
         loss = loss + (y.float() * y_weight).sum()
@@ -186,18 +188,24 @@ def test_backward_bf16_inputs(kernel_ops):
         assert rel_err(a, b) <= 2e-2, (name, rel_err(a, b))
 
 
-def test_results_do_not_depend_on_thread_count(kernel_ops):
-    args = scan_args(11, 3, 300, 17, 16)
-    w = torch.randn(args[0].shape)
+def same_at_one_and_many_threads(compute) -> bool:
+    """Whether `compute()` (-> a list of tensors) gives equal tensors on one thread and on several."""
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = [*cpu_kernel.selective_scan(*args), *grads(cpu_kernel.selective_scan, args, w, None)]
+        one = compute()
         torch.set_num_threads(max(2, threads))
-        many = [*cpu_kernel.selective_scan(*args), *grads(cpu_kernel.selective_scan, args, w, None)]
+        many = compute()
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
+    return all(torch.equal(a, b) for a, b in zip(one, many, strict=True))
+
+
+def test_results_do_not_depend_on_thread_count(kernel_ops):
+    args = scan_args(11, 3, 300, 17, 16)
+    w = torch.randn(args[0].shape)
+    assert same_at_one_and_many_threads(
+        lambda: [*cpu_kernel.selective_scan(*args), *grads(cpu_kernel.selective_scan, args, w, None)])
 
 
 def test_uncovered_inputs_fall_back_to_torch(kernel_ops):
