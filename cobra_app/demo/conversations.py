@@ -187,8 +187,8 @@ FOLLOW_UPS: dict[str, tuple[str, ...]] = {
     "exist": ("And {obj}?", "What about {obj}?"),
 }
 # relative frequency of each kind in training conversations (the recipe's default mix); existence, whose one-token
-# Yes/No must be read from the right object, gets the most (docs/DEMO_MODEL.md session 24)
-KIND_WEIGHTS: dict[str, float] = {"describe": 2, "count": 2, "colour": 2, "shape": 2, "exist": 5, "spatial": 4}
+# Yes/No must be read from the right object, gets the most, descriptions the next (docs/DEMO_MODEL.md sessions 24-27)
+KIND_WEIGHTS: dict[str, float] = {"describe": 4, "count": 2, "colour": 2, "shape": 2, "exist": 6.5, "spatial": 3.5}
 FOLLOW_UP_PROB = 0.5
 MAX_TURNS = 4
 RENDERINGS = ("original", "train", "held-out")  # scene looks: `sample_scene`, or a `sample_styled_scene` family

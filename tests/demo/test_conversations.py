@@ -176,7 +176,7 @@ def test_training_asks_the_kinds_in_proportion_to_their_weights():
             iter_training_examples(4, kind_weights=weights), 400) for qa in conversation)
 
     assert kinds({"exist": 1.0, "spatial": 1.0}).keys() == {"exist", "spatial"}
-    default, more = kinds(KIND_WEIGHTS), kinds({**KIND_WEIGHTS, "exist": 10.0, "spatial": 1.0})
+    default, more = kinds(KIND_WEIGHTS), kinds({**KIND_WEIGHTS, "exist": 20.0, "spatial": 1.0})
     assert more["exist"] / sum(more.values()) > 1.5 * default["exist"] / sum(default.values())
     assert more["spatial"] < default["spatial"]
 
