@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -19,7 +20,12 @@ from pathlib import Path
 from cobra_app.demo.conversations import QA_KINDS
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.loop import train
+from cobra_app.demo.training.saving import read_schedule
 from cobra_app.model.cobra import IMAGE_TOKEN_ORDERS
+
+
+NOT_REPLAYED = {"monitor_every", "monitor_items", "max_minutes"}  # how often a run prints, and its clock: a replay
+# follows the recorded schedule whatever these are
 
 
 def kind_weights(text: str) -> dict[str, float]:
@@ -78,6 +84,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
     p.add_argument("--n-layer", type=int, default=None)
     p.add_argument("--d-state", type=int, default=None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--replay-schedule", type=Path, metavar="RUN_DIR",
+                   help="follow the stage-2 schedule of the run saved in RUN_DIR (its train_log.jsonl and "
+                        "training.json; the same recipe options), the clock ignored: reproduces a run its clock "
+                        "stopped, bit for bit")
     args = p.parse_args(argv)
     mix = {**defaults.kind_weights, **args.kind_weights}
     if not sum(mix.values()) > 0:
@@ -91,13 +101,22 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, TrainCon
         oracle_steps=args.oracle_steps, projector_steps=args.projector_steps, vision_lr_scale=args.vision_lr_scale,
         local_weight=args.local_weight, oracle_places=args.oracle_places, image_token_order=args.image_token_order,
     )
+    args.replay = None
+    if args.replay_schedule:
+        recorded, args.replay = read_schedule(args.replay_schedule)
+        ours = json.loads(json.dumps(cfg.to_dict()))  # as saved: tuples become lists
+        differ = sorted(k for k in ours.keys() | recorded.keys()
+                        if k not in NOT_REPLAYED and ours.get(k) != recorded.get(k))
+        if differ:
+            p.error(f"--replay-schedule: {args.replay_schedule} was trained with other {', '.join(differ)}; "
+                    "give the options it was trained with")
     return args, cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, cfg = parse_args(argv)
     command = "python -m cobra_app.demo.train " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = train(cfg, args.out, progress=not args.no_progress, command=command)
+    result = train(cfg, args.out, progress=not args.no_progress, command=command, replay=args.replay)
     size = (args.out / "model.safetensors").stat().st_size
     print(f"saved {args.out} after {result.steps_done} steps in {result.wall_seconds / 60:.1f} min "
           f"(stopped by {result.stopped_by}); weights {size / 1e6:.1f} MB")

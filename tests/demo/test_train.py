@@ -40,6 +40,33 @@ def test_kind_weights_refuse_unknown_kinds_bad_numbers_and_an_empty_mix(option, 
     assert "--kind-weights" in capsys.readouterr().err
 
 
+def saved_run(run_dir: Path, train_config: dict, lrs: list[float], averaged_steps: int) -> Path:
+    """The two files of a saved run that `--replay-schedule` reads."""
+    run_dir.mkdir()
+    (run_dir / "training.json").write_text(json.dumps(
+        {"train_config": train_config, "steps_done": len(lrs), "averaged_steps": averaged_steps}))
+    (run_dir / "train_log.jsonl").write_text("".join(json.dumps({"step": i + 1, "lr": lr}) + "\n"
+                                                     for i, lr in enumerate(lrs)))
+    return run_dir
+
+
+def test_replay_schedule_reads_a_runs_schedule_when_the_recipe_is_its_own(tmp_path):
+    recipe = json.loads(json.dumps({**TrainConfig().to_dict(), "monitor_every": 2800, "max_minutes": 85.0}))
+    run = saved_run(tmp_path / "run", recipe, [1e-3, 2e-3, 5e-4], averaged_steps=1)
+    args, _ = parse_args(["--replay-schedule", str(run)])
+    assert (args.replay.lrs, args.replay.averaged_steps) == ([1e-3, 2e-3, 5e-4], 1)
+    assert parse_args([])[0].replay is None
+
+
+def test_replay_schedule_refuses_a_run_of_another_recipe_and_names_what_differs(tmp_path, capsys):
+    recipe = json.loads(json.dumps({**TrainConfig().to_dict(), "seed": 1}))
+    run = saved_run(tmp_path / "run", recipe, [1e-3], averaged_steps=0)
+    with pytest.raises(SystemExit):
+        parse_args(["--replay-schedule", str(run)])
+    assert "other seed" in capsys.readouterr().err
+    parse_args(["--replay-schedule", str(run), "--seed", "1"])
+
+
 def test_the_learning_rate_warm_up_never_outlasts_the_run():
     _, cfg = parse_args(["--steps", "3"])
     assert cfg.warmup_steps == 3

@@ -4,6 +4,7 @@ wall-clock budget, deterministic for a seed."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,13 @@ from cobra_app.demo.training.monitor import monitor_accuracy, monitor_items
 from cobra_app.demo.training.oracle import OracleTokens, warm_up_projector
 from cobra_app.demo.training.rendering import RenderScenes, SceneRenderer
 from cobra_app.demo.training.saving import StepLog, TrainResult, save
-from cobra_app.demo.training.schedule import Budget, BudgetedCosine, param_groups
+from cobra_app.demo.training.schedule import (
+    Budget,
+    BudgetedCosine,
+    ReplayedSchedule,
+    ScheduleReplay,
+    param_groups,
+)
 from cobra_app.demo.training.vision_warm_up import warm_up_vision
 from cobra_app.model.cobra import CobraConfig, CobraVLM
 from cobra_app.model.ops import get_ops
@@ -98,12 +105,16 @@ def train(
     progress: bool = True,
     command: str = "",
     clock: Callable[[], float] | None = None,
+    replay: ScheduleReplay | None = None,
 ) -> TrainResult:
     """Train; with `out_dir`, save the model directory, the loss log and the run info (`command`: how it was run)
-    there. `clock` (seconds; default `time.monotonic`) is what the wall-clock budget is read on."""
+    there. `clock` (seconds; default `time.monotonic`) is what the wall-clock budget is read on. With `replay`, stage 2
+    follows an earlier run's schedule (`read_schedule`) instead, and no budget applies."""
     check_schedule(cfg)
+    if replay is not None and len(replay.lrs) > cfg.steps:
+        raise ValueError(f"the replayed schedule has {len(replay.lrs)} steps; this recipe's has {cfg.steps}")
     get_ops(torch.device("cpu"))  # the kernels load (or compile) before the clock starts: not charged to the pace
-    budget = Budget(cfg.max_minutes * 60, clock or time.monotonic)
+    budget = Budget(math.inf if replay else cfg.max_minutes * 60, clock or time.monotonic)
     torch.set_num_threads(cfg.threads)
     tokenizer = tokenizer or build_demo_tokenizer(kind_weights=cfg.kind_weights)
     overrides = {k: v for k in ("d_model", "n_layer", "d_state") if (v := getattr(cfg, k)) is not None}
@@ -112,11 +123,12 @@ def train(
     tokens = TurnTokenizer(tokenizer, get_prompt_builder(config.prompt_format))
     vlm = build_model(config, cfg.seed).train()
     with SceneRenderer(vlm.image_transform, workers=cfg.threads) as render_scenes:
-        return _run_stages(vlm, cfg, tokens, tokenizer, render_scenes, budget, out_dir, progress, command)
+        return _run_stages(vlm, cfg, tokens, tokenizer, render_scenes, budget, replay, out_dir, progress, command)
 
 
 def _run_stages(vlm: CobraVLM, cfg: TrainConfig, tokens: TurnTokenizer, tokenizer, render_scenes: RenderScenes,
-                budget: Budget, out_dir: Path | None, progress: bool, command: str) -> TrainResult:
+                budget: Budget, replay: ScheduleReplay | None, out_dir: Path | None, progress: bool, command: str
+                ) -> TrainResult:
     """`train`'s stages in order on a built model: the vision warm-up, then stage 2 (the oracle stage, the projector
     warm-up, real images); saves to `out_dir` when given."""
     vision_log = warm_up_vision(vlm, cfg, render_scenes, progress, budget) if cfg.vision_steps else []
@@ -124,12 +136,12 @@ def _run_stages(vlm: CobraVLM, cfg: TrainConfig, tokens: TurnTokenizer, tokenize
     held_out = monitor_items(cfg.monitor_items) if cfg.monitor_every else []
     heads, oracle, optimizer = stage_two_parts(vlm, vlm.config, cfg)
     stopped_by, ema, averaged = "steps", None, None
-    schedule = BudgetedCosine(cfg, budget)
+    schedule = ReplayedSchedule(cfg, budget, replay) if replay else BudgetedCosine(cfg, budget)
     with StepLog(out_dir) as log, tqdm(total=cfg.steps, disable=not progress, dynamic_ncols=True, desc="train") as bar:
         for step in range(cfg.steps):
             lr = schedule.lr(step)
             if lr is None:
-                stopped_by = "time"
+                stopped_by = schedule.stop_reason
                 break
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]

@@ -12,6 +12,7 @@ from typing import TextIO
 import torch
 
 from cobra_app.demo.training.config import TrainConfig
+from cobra_app.demo.training.schedule import ScheduleReplay
 from cobra_app.model.cobra import CobraVLM
 
 LOG_FILE = "train_log.jsonl"  # one JSON object per optimizer step, written next to the model
@@ -24,7 +25,7 @@ class TrainResult:
     vlm: CobraVLM
     steps_done: int
     wall_seconds: float
-    stopped_by: str  # "steps" | "time"
+    stopped_by: str  # "steps" | "time" | "replay" (an earlier run's schedule replayed to its end)
     log: list[dict] = field(default_factory=list)  # stage 2 (VLM), one entry per step
     vision_log: list[dict] = field(default_factory=list)  # stage 1 (vision warm-up)
     averaged_steps: int = 0  # the last steps whose weights `vlm` holds the mean of (0: the last step's own)
@@ -84,6 +85,15 @@ def save(result: TrainResult, cfg: TrainConfig, tokenizer, out_dir: Path, train_
     }
     (out_dir / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
+
+
+def read_schedule(run_dir: Path) -> tuple[dict, ScheduleReplay]:
+    """A saved run's recipe (its training.json `train_config`, as saved) and the schedule its clock decided."""
+    info = json.loads((run_dir / INFO_FILE).read_text())
+    lrs = [json.loads(line)["lr"] for line in (run_dir / LOG_FILE).read_text().splitlines() if line.strip()]
+    if len(lrs) != info["steps_done"]:
+        raise ValueError(f"{run_dir / LOG_FILE} has {len(lrs)} steps, {INFO_FILE} says {info['steps_done']}")
+    return info["train_config"], ScheduleReplay(lrs, info["averaged_steps"])
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -67,6 +67,8 @@ class BudgetedCosine:
     remaining steps, at the pace so far, would overrun the budget (the schedule is then compressed to end on time).
     A run that keeps to its budget never lets the clock into its schedule, so its weights depend on the seed alone."""
 
+    stop_reason = "time"  # what ends a run whose `lr` returns None
+
     def __init__(self, cfg: TrainConfig, budget: Budget) -> None:
         self.cfg, self.budget = cfg, budget
         self.loop_offset = budget.elapsed()  # seconds of the budget spent before stage 2
@@ -95,3 +97,29 @@ class BudgetedCosine:
             return False
         late_in_time = self.time_progress >= 1 - cfg.average_last / max(cfg.steps - cfg.warmup_steps, 1)
         return step >= cfg.steps - cfg.average_last or (self.behind and late_in_time)
+
+
+@dataclass(frozen=True)
+class ScheduleReplay:
+    """What a run's clock decided, as its files keep it: the learning rate of each stage-2 step it took (its
+    train_log.jsonl) and how many of its last steps it averaged (training.json)."""
+
+    lrs: list[float]
+    averaged_steps: int
+
+
+class ReplayedSchedule(BudgetedCosine):
+    """An earlier run's stage-2 schedule step by step, the clock ignored: a run that its clock stopped (so that its
+    weights depend on the host's pace) is reproduced bit for bit whatever the pace of the host that replays it."""
+
+    stop_reason = "replay"
+
+    def __init__(self, cfg: TrainConfig, budget: Budget, replay: ScheduleReplay) -> None:
+        super().__init__(cfg, budget)
+        self.replay = replay
+
+    def lr(self, step: int) -> float | None:
+        return self.replay.lrs[step] if step < len(self.replay.lrs) else None
+
+    def averages(self, step: int) -> bool:
+        return step >= len(self.replay.lrs) - self.replay.averaged_steps

@@ -1,5 +1,5 @@
 """Spec: a run trains the stages in order, keeps the tower frozen in stage 2, is a function of its seed (bit for bit),
-keeps to its wall-clock budget and saves a loadable model, its weights rounded to the storage dtype (a few steps of a
+keeps to its wall-clock budget, can replay the schedule of a run its clock stopped, and saves a loadable model, its weights rounded to the storage dtype (a few steps of a
 tiny model; CI never runs the full training)."""
 
 import dataclasses
@@ -15,7 +15,8 @@ from cobra_app.demo.training import loop
 from cobra_app.demo.training.config import TrainConfig
 from cobra_app.demo.training.loop import train
 from cobra_app.demo.training.model_init import build_model
-from cobra_app.demo.training.saving import INFO_FILE, LOG_FILE, STORAGE_DTYPE
+from cobra_app.demo.training.saving import INFO_FILE, LOG_FILE, STORAGE_DTYPE, read_schedule
+from cobra_app.demo.training.schedule import ScheduleReplay
 
 TINY_HEADS = {"lookup_layer": 0, "offset_layer": 1, "verdict_layer": 1}  # the tiny model has two blocks
 UNAVERAGED = {"average_last": 0}  # the recipe averages more steps than these runs have
@@ -156,3 +157,31 @@ def test_time_budget_stops_gracefully_and_saves(tokenizer, tmp_path):
     result = train(cfg, tmp_path / "m", config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False)
     assert result.stopped_by == "time" and result.steps_done == 0 and result.vision_log == []
     assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_a_run_its_clock_stopped_is_replayed_bit_for_bit_from_its_saved_schedule(tokenizer, tmp_path):
+    """A run whose clock runs fast (two seconds a reading) is projected to overrun, so its cosine follows the clock,
+    it averages its last share of the time and stops by time; replayed from its files on a stopped clock (as on
+    another host's pace): the same steps, the same averaged tail, equal weights bit for bit."""
+    cfg = TrainConfig(**TINY_HEADS, steps=40, rows_per_batch=6, warmup_steps=2, monitor_every=0, vision_steps=0,
+                      oracle_steps=0, average_last=20, max_minutes=1.0)
+    readings = iter(range(0, 10**6, 2))
+    fast = train(cfg, tmp_path / "run", config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False,
+                 clock=lambda: float(next(readings)))
+    assert fast.stopped_by == "time" and 2 < fast.steps_done < cfg.steps and 0 < fast.averaged_steps < fast.steps_done
+    recorded, replay = read_schedule(tmp_path / "run")
+    assert recorded["steps"] == cfg.steps and len(replay.lrs) == fast.steps_done
+    again = train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False,
+                  clock=lambda: 0.0, replay=replay)
+    assert again.stopped_by == "replay"
+    assert (again.steps_done, again.averaged_steps) == (fast.steps_done, fast.averaged_steps)
+    first, second = fast.vlm.state_dict(), again.vlm.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_replay_longer_than_the_recipes_schedule_is_refused_before_any_training(tokenizer):
+    cfg = TrainConfig(**TINY_HEADS, steps=3, rows_per_batch=6, warmup_steps=1, monitor_every=0, vision_steps=0,
+                      oracle_steps=0, average_last=0)
+    with pytest.raises(ValueError, match="replayed schedule has 4 steps"):
+        train(cfg, None, config=tiny_config(len(tokenizer)), tokenizer=tokenizer, progress=False,
+              replay=ScheduleReplay([1e-3] * 4, 0))

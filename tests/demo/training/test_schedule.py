@@ -1,12 +1,19 @@
 """Spec: the learning rate warms up linearly, then follows the cosine; the cosine's progress is by step while the run
 keeps to its wall-clock budget, by time once it is projected to overrun it, and the budget stops the run at its
 deadline (read on an injected clock); the weights averaged are those of the schedule's last steps, by the same
-progress."""
+progress; a replayed schedule is an earlier run's, step by step, whatever the clock."""
 
 import pytest
 
 from cobra_app.demo.training.config import TrainConfig
-from cobra_app.demo.training.schedule import SAVE_RESERVE_SECONDS, Budget, BudgetedCosine, lr_at
+from cobra_app.demo.training.schedule import (
+    SAVE_RESERVE_SECONDS,
+    Budget,
+    BudgetedCosine,
+    ReplayedSchedule,
+    ScheduleReplay,
+    lr_at,
+)
 
 
 class Clock:
@@ -80,3 +87,16 @@ def test_the_averaged_steps_are_the_schedules_last_by_step_on_pace_and_its_last_
     assert averaged_steps(cfg, 80.0, 10.0) == [6, 7, 8]
     assert averaged_steps(TrainConfig(warmup_steps=2, steps=12, average_last=0, oracle_steps=0), 80.0, 10.0) == []
     assert averaged_steps(TrainConfig(warmup_steps=2, steps=12, average_last=3, oracle_steps=7), 80.0, 10.0) == [7, 8]
+
+
+def test_a_replayed_schedule_gives_the_recorded_rates_averages_the_recorded_tail_and_ends_where_the_run_did():
+    clock = Clock()
+    replay = ScheduleReplay([1e-3, 2e-3, 1.5e-3, 7e-4, 1e-4], averaged_steps=2)
+    schedule = ReplayedSchedule(TrainConfig(warmup_steps=1, steps=12, average_last=3, oracle_steps=0),
+                                Budget(1.0, clock), replay)
+    clock.now += 1000.0  # far past the budget: the replay ignores the clock
+    assert [schedule.lr(step) for step in range(6)] == [*replay.lrs, None]
+    assert [step for step in range(5) if schedule.averages(step)] == [3, 4]
+    assert schedule.stop_reason == "replay"
+    none_averaged = ReplayedSchedule(TrainConfig(), Budget(1.0, clock), ScheduleReplay([1e-3, 1e-3], 0))
+    assert not any(none_averaged.averages(step) for step in range(2))
