@@ -1,6 +1,6 @@
 """Spec: a run trains the stages in order, keeps the tower frozen in stage 2, is a function of its seed (bit for bit),
-keeps to its wall-clock budget, can replay the schedule of a run its clock stopped, and saves a loadable model, its weights rounded to the storage dtype (a few steps of a
-tiny model; CI never runs the full training)."""
+keeps to its wall-clock budget, replays the schedule of a run its clock stopped, and saves a loadable model, its
+weights rounded to the storage dtype (a few steps of a tiny model; CI never runs the full training)."""
 
 import dataclasses
 import json
