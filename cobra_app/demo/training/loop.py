@@ -87,13 +87,15 @@ def optimizer_step(vlm: CobraVLM, batch: Batch, heads: LookupHeads | None, oracl
     return loss.item(), grad_norm
 
 
-def check_schedule(cfg: TrainConfig) -> None:
+def check_schedule(cfg: TrainConfig, replay: ScheduleReplay | None = None) -> None:
     """Refuse a stage-2 schedule that cannot run, before any training (the vision warm-up alone takes minutes)."""
     if cfg.oracle_steps >= cfg.steps:
         raise ValueError(f"oracle_steps ({cfg.oracle_steps}) must leave steps for real images (steps {cfg.steps})")
     if cfg.average_last > cfg.steps - cfg.oracle_steps:
         raise ValueError(f"average_last ({cfg.average_last}) must average steps on real images only "
                          f"(steps {cfg.steps}, oracle_steps {cfg.oracle_steps}; --average-last sets it)")
+    if replay is not None and len(replay.lrs) > cfg.steps:
+        raise ValueError(f"the replayed schedule has {len(replay.lrs)} steps; this recipe's has {cfg.steps}")
 
 
 @deterministic_algorithms()
@@ -110,9 +112,7 @@ def train(
     """Train; with `out_dir`, save the model directory, the loss log and the run info (`command`: how it was run)
     there. `clock` (seconds; default `time.monotonic`) is what the wall-clock budget is read on. With `replay`, stage 2
     follows an earlier run's schedule (`read_schedule`) instead, and no budget applies."""
-    check_schedule(cfg)
-    if replay is not None and len(replay.lrs) > cfg.steps:
-        raise ValueError(f"the replayed schedule has {len(replay.lrs)} steps; this recipe's has {cfg.steps}")
+    check_schedule(cfg, replay)
     get_ops(torch.device("cpu"))  # the kernels load (or compile) before the clock starts: not charged to the pace
     budget = Budget(math.inf if replay else cfg.max_minutes * 60, clock or time.monotonic)
     torch.set_num_threads(cfg.threads)
